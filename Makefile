@@ -1,0 +1,49 @@
+# clipkit: the two commands are `make report` and `make test` (see README.md).
+# Everything installs into .venv from pyproject.toml; nothing is needed beyond python3 >= 3.10.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.clipkit-installed
+CLIPKIT_HOME ?= $(HOME)/.cache/clipkit
+export CLIPKIT_HOME
+# The embedded default model: clipkit-tiny trained on synthetic scenes, cached here.
+DEFAULT_CKPT = $(CLIPKIT_HOME)/models/clipkit-tiny-synthetic
+MODELS ?= clipkit-tiny:synthetic clipkit-tiny:random
+TRAIN_ARGS ?=
+
+.PHONY: setup model report test bench clean help
+help:
+	@echo "make report  - set up .venv, train the default model if not cached, run the probe notebooks into reports/"
+	@echo "make test    - set up .venv, run the test suite"
+	@echo "make model   - set up .venv, train the default model if not cached ($(DEFAULT_CKPT))"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned: pip takes these two builds from this machine's disk
+	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+# Train only when no finished model is cached; an interrupted run resumes from its last checkpoint.
+model: $(STAMP)
+	@if [ -f "$(DEFAULT_CKPT)/model.safetensors" ]; then \
+	  echo "[make] default model cached at $(DEFAULT_CKPT)"; \
+	else \
+	  $(BIN)/clipkit train --preset tiny --out "$(DEFAULT_CKPT)" --resume auto $(TRAIN_ARGS); \
+	fi
+
+report: model
+	$(BIN)/clipkit report $(foreach m,$(MODELS),--model $(m))
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	@echo "see bench/README.md"
+
+clean:
+	rm -rf reports/*/ reports/index.html reports/summary.json
