@@ -1,0 +1,48 @@
+"""Spatial relations probe: left of / right of / above / below between two objects.
+
+mode "relation" (What'sUp-style, Kamath et al. 2023): 4-way choice among captions that differ only
+in the relation word. mode "swap" (ARO-style, Yuksekgonul et al. 2023): 2-way choice between the
+true caption and the one with the two objects swapped ("a red circle left of a blue square" vs
+"a blue square left of a red circle").
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from clipkit import synth
+from clipkit.probes.engine import Item, ProbeSpec, register
+
+SEED_STRIDE = 100_000
+
+
+@register("spatial", {"relations": (list, list(synth.RELATIONS)), "mode": (str, "relation"),
+                      "image_size": (int, 72), "template": (str, "{}")})
+def items(spec: ProbeSpec) -> list[Item]:
+    """spec.n two-object scenes balanced over relations."""
+    o = spec.options
+    rels = list(o["relations"])
+    if not rels or any(r not in synth.RELATIONS for r in rels):
+        raise ValueError(f"spatial: 'relations' must be a subset of {synth.RELATIONS}, got {rels}")
+    if o["mode"] not in ("relation", "swap"):
+        raise ValueError(f"spatial: 'mode' must be 'relation' or 'swap', got {o['mode']!r}")
+    out = []
+    for i in range(spec.n):
+        rel = rels[i % len(rels)]
+        scene = synth.make_relation_scene(spec.seed * SEED_STRIDE + i, relation=rel)
+        a, b = scene.facts["a"], scene.facts["b"]
+        if o["mode"] == "relation":
+            captions, answer = [synth.relation_caption(a, r, b) for r in rels], rels.index(rel)
+        else:
+            captions, answer = [synth.relation_caption(a, rel, b), synth.relation_caption(b, rel, a)], 0
+        out.append(Item(synth.render(scene, size=o["image_size"]), [o["template"].format(c) for c in captions],
+                        answer, {"relation": rel, "a": " ".join(a), "b": " ".join(b)}))
+    return out
+
+
+def relation_confusion(table: pd.DataFrame) -> pd.DataFrame:
+    """Counts of (true relation, chosen relation) for a mode="relation" result table."""
+    phrase_to_rel = {p: r for r, p in synth.RELATION_PHRASES.items()}
+    pattern = "(" + "|".join(sorted(phrase_to_rel, key=len, reverse=True)) + ")"
+    chosen = table["chosen_caption"].str.extract(pattern)[0].map(phrase_to_rel).rename("chosen")
+    rels = [r for r in synth.RELATIONS if r in set(table["relation"])]
+    return pd.crosstab(table["relation"].rename("true"), chosen).reindex(index=rels, columns=rels, fill_value=0)
