@@ -1,0 +1,84 @@
+"""Model specs: presets, local weights files (bit-identical round trip), clipkit checkpoints, clear errors."""
+import time
+
+import pytest
+import torch
+
+from clipkit import models
+from clipkit.models import ModelNotAvailable, ModelSpecError, load_model, save_model, slugify
+
+
+def _same(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_preset_random_init_is_deterministic(nano):
+    m, preprocess, tok = nano
+    m2, _, _ = load_model("clipkit-nano:random")
+    assert _same(m, m2)
+    assert tok(["three red circles"]).shape == (1, 16)
+    assert not m.training
+
+
+def test_local_weights_file_round_trips_bit_identically(tmp_path, nano):
+    from safetensors.torch import save_file
+    m, _, _ = models.create_model("clipkit-nano", seed=123)
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, tmp_path / "w.safetensors")
+    torch.save({"state_dict": {"module." + k: v for k, v in m.state_dict().items()}}, tmp_path / "w.pt")
+    for f in ("w.safetensors", "w.pt"):   # safetensors, and an open_clip_train-style DDP torch file
+        loaded, _, _ = load_model(f"clipkit-nano:{tmp_path / f}")
+        assert _same(loaded, m)
+        assert not _same(loaded, nano[0])
+
+
+def test_clipkit_checkpoint_folder_round_trips(tmp_path):
+    m, _, _ = models.create_model("clipkit-nano", seed=7)
+    save_model(m, tmp_path / "ck", arch="clipkit-nano")
+    loaded, _, _ = load_model(str(tmp_path / "ck"))
+    assert _same(loaded, m)
+    assert models.fingerprint(loaded) == models.fingerprint(m)
+    assert models.fingerprint(loaded) != models.fingerprint(models.create_model("clipkit-nano", seed=8)[0])
+
+
+def test_weights_of_another_architecture_are_refused_clearly(tmp_path):
+    m, _, _ = models.create_model("clipkit-nano")
+    torch.save(m.state_dict(), tmp_path / "nano.pt")
+    with pytest.raises(ModelSpecError, match="does not fit the architecture.*other shapes"):
+        load_model(f"clipkit-tiny:{tmp_path / 'nano.pt'}")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ModelSpecError, match="empty"):
+        load_model(f"clipkit-nano:{tmp_path / 'empty.pt'}")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ModelSpecError, match="could not read weights"):
+        load_model(f"clipkit-nano:{tmp_path / 'junk.pt'}")
+
+
+def test_unknown_specs_name_the_problem():
+    with pytest.raises(ModelSpecError, match="did you mean"):
+        load_model("ViT-B-33:openai")
+    with pytest.raises(ModelSpecError, match="unknown pretrained tag"):
+        load_model("ViT-B-32:not-a-tag")
+    with pytest.raises(ModelSpecError, match="without weights"):
+        load_model("ViT-B-32")
+    with pytest.raises(FileNotFoundError):
+        load_model("clipkit-nano:/no/such/weights.safetensors")
+
+
+def test_missing_pretrained_weights_fail_fast_offline():
+    t0 = time.monotonic()
+    with pytest.raises(ModelNotAvailable, match="ViT-B-32:openai.*not on this machine"):
+        load_model("ViT-B-32:openai")
+    with pytest.raises(ModelNotAvailable, match="hf-hub:.*not on this machine"):
+        load_model("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
+    assert time.monotonic() - t0 < 5
+
+
+def test_missing_default_model_says_how_to_train_it():
+    with pytest.raises(ModelNotAvailable, match="clipkit train"):
+        load_model("clipkit-tiny:synthetic")
+
+
+def test_slugs_are_filesystem_safe():
+    assert slugify("ViT-B-32:openai") == "ViT-B-32_openai"
+    assert "/" not in slugify("hf-hub:org/name") and slugify("a" * 300) != slugify("a" * 299)

@@ -1,0 +1,117 @@
+"""The probe engine on real (tiny, random) models and constructed items; spec validation errors."""
+import pytest
+import torch
+from PIL import Image
+
+from clipkit.probes import Item, SpecError, load_spec, run_probe, validate
+from clipkit.probes.counting import count_report
+from clipkit.probes.spatial import relation_confusion
+
+
+def test_counting_items_are_balanced_and_captions_differ_only_in_the_number():
+    spec = load_spec("counting", n=12)
+    from clipkit.probes.engine import FAMILIES
+    items = FAMILIES["counting"](spec)
+    assert [it.factors["count"] for it in items] == [1, 2, 3, 4, 5, 6] * 2
+    for it in items:
+        words = [c.split() for c in it.captions]
+        assert len({tuple(w[1:2]) for w in words}) == 1          # same colour word everywhere
+        assert len({w[0] for w in words}) == len(words)            # number words all differ
+        assert it.captions[it.answer].split()[0] == ["one", "two", "three", "four", "five", "six"][
+            it.factors["count"] - 1]
+
+
+def test_run_probe_table_summary_and_breakdowns(nano):
+    model, preprocess, tok = nano
+    r = run_probe(load_spec("spatial", n=16), model, preprocess, tok, model_name="clipkit-nano")
+    assert len(r.table) == 16 and set(r.table["relation"]) == {"left of", "right of", "above", "below"}
+    assert r.summary["n"] == 16 and r.summary["chance"] == pytest.approx(0.25)
+    assert r.summary["ci_low"] <= r.summary["accuracy"] <= r.summary["ci_high"]
+    assert set(r.breakdowns["relation"]["n"]) == {4}
+    assert relation_confusion(r.table).to_numpy().sum() == 16
+    imgs, titles = r.failures(3)
+    assert len(imgs) == len(titles) == min(3, int((~r.table["correct"]).sum()))
+
+
+class _OneHotModel(torch.nn.Module):
+    """A constructed model: images and captions arrive as ids and are embedded as one-hot vectors."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.dim, self.anchor = dim, torch.nn.Parameter(torch.zeros(1))
+
+    def encode_image(self, ids):
+        return torch.nn.functional.one_hot(ids, self.dim).float()
+
+    def encode_text(self, ids):
+        return torch.nn.functional.one_hot(ids, self.dim).float()
+
+
+@pytest.mark.parametrize("probe", ["counting", "spatial", "spatial_swap"])
+def test_oracle_scores_100_and_a_factor_blind_model_scores_chance(probe):
+    spec = load_spec(probe, n=120)
+    from clipkit.probes.engine import FAMILIES
+    items = FAMILIES[spec.family](spec)
+    vocab = {c: i for i, c in enumerate(sorted({c for it in items for c in it.captions}))}
+    truth = {id(it.image): vocab[it.captions[it.answer]] for it in items}
+    model = _OneHotModel(len(vocab))
+    oracle = run_probe(spec, model, lambda im: torch.tensor(truth[id(im)]),
+                       lambda texts: torch.tensor([vocab[t] for t in texts]), items=items)
+    assert oracle.summary["accuracy"] == 1.0 and oracle.summary["verdict"] == "above chance"
+    # blind to the factor: every candidate caption of an item maps to the same text feature, and
+    # the image to that feature too -> all candidates tie -> expected accuracy is exactly chance
+    blind_vocab = {c: vocab[it.captions[0]] for it in items for c in it.captions}
+    blind = run_probe(spec, model, lambda im: torch.tensor(truth[id(im)]),
+                      lambda texts: torch.tensor([blind_vocab[t] for t in texts]), items=items)
+    s = blind.summary
+    assert s["accuracy"] == pytest.approx(s["chance"]) and s["verdict"] == "at chance"
+
+
+def test_ragged_candidate_lists_are_scored(nano):
+    model, preprocess, tok = nano
+    img = Image.new("RGB", (32, 32), "red")
+    items = [Item(img, ["a", "b"], 0, {"k": 2}), Item(img, ["a", "b", "c"], 2, {"k": 3})]
+    r = run_probe({"name": "ragged", "family": "counting", "breakdowns": ["k"]}, model, preprocess, tok,
+                  items=items)
+    assert r.table["chance"].tolist() == [0.5, pytest.approx(1 / 3)]
+
+
+def test_count_report_confusion_and_mae(nano):
+    model, preprocess, tok = nano
+    spec = load_spec("counting", n=12)
+    r = run_probe(spec, model, preprocess, tok)
+    rep = count_report(r.table, spec.options["counts"])
+    assert rep["confusion"].to_numpy().sum() == 12 and rep["confusion"].shape == (6, 6)
+    assert rep["mae"] >= 0
+
+
+def test_results_are_saved_as_csv_and_json(tmp_path, nano):
+    import json
+    model, preprocess, tok = nano
+    r = run_probe(load_spec("spatial_swap", n=8), model, preprocess, tok, model_name="m")
+    r.save(tmp_path)
+    rec = json.loads((tmp_path / "spatial_swap.json").read_text())
+    assert rec["task"] == "image_caption_selection" and rec["metrics"]["n"] == 8
+    assert rec["metrics"]["chance"] == 0.5
+    assert (tmp_path / "spatial_swap.csv").read_text().count("\n") == 9
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"name": "x", "family": "counting", "colour": "red"}, "unknown key"),
+    ({"name": "x"}, "missing required key 'family'"),
+    ({"name": "x", "family": "counting", "n": "ten"}, "'n' must be int"),
+    ({"name": "x", "family": "juggling"}, "unknown family"),
+    ({"name": "x", "family": "counting", "options": {"countz": [1]}}, "unknown option"),
+    ({"name": "x", "family": "counting", "options": {"counts": 3}}, "option 'counts' must be list"),
+])
+def test_spec_errors_name_the_problem(bad, match):
+    with pytest.raises(SpecError, match=match):
+        validate(bad)
+
+
+def test_missing_spec_file_lists_the_known_ones(tmp_path):
+    with pytest.raises(SpecError, match="not found.*counting"):
+        load_spec("no_such_probe")
+    (tmp_path / "bad.yaml").write_text("name: [unclosed")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(tmp_path / "bad.yaml")
