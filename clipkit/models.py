@@ -19,13 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import socket
 import threading
 from pathlib import Path
 
 import open_clip
 import torch
+
+from clipkit.paths import clipkit_home, slugify  # noqa: F401  (re-exported)
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)  # the one import-time side effect: register our presets
@@ -43,22 +44,9 @@ class ModelSpecError(ValueError):
     """The spec string names nothing clipkit knows how to load."""
 
 
-def clipkit_home() -> Path:
-    """Where clipkit caches trained default models and features ($CLIPKIT_HOME, else ~/.cache/clipkit)."""
-    return Path(os.environ.get("CLIPKIT_HOME", Path.home() / ".cache" / "clipkit")).expanduser()
-
-
 def default_checkpoint_dir(preset: str = "clipkit-tiny") -> Path:
     """The cache folder of the trained embedded default for a preset (`<preset>:synthetic`)."""
     return clipkit_home() / "models" / f"{preset}-synthetic"
-
-
-def slugify(spec: str) -> str:
-    """A file-system-safe folder name for a spec: 'ViT-B-32:openai' -> 'ViT-B-32_openai'."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.replace(str(Path.home()), "~")).strip("_.")
-    if len(slug) > 80:  # long paths: keep the tail readable, make it unique with a hash
-        slug = slug[-60:].lstrip("_") + "_" + hashlib.sha1(spec.encode()).hexdigest()[:8]
-    return slug or "model"
 
 
 def fingerprint(model: torch.nn.Module) -> str:

@@ -1,0 +1,174 @@
+"""Tests for clipkit.report: tiny notebooks through papermill, failures kept apart, the index. No network."""
+import json
+import sys
+
+import nbformat
+import numpy as np
+import pytest
+
+from clipkit import report
+
+RECORD = ('from clipkit.report import record_metrics\n'
+          'record_metrics("probe_demo", {"accuracy": ACC, "ci_low": 0.4, "ci_high": 0.6, '
+          '"chance": 0.25, "n": 100}, OUT_DIR)')
+
+
+def make_notebook(path, *cells, params='MODEL = "x"\nOUT_DIR = "."'):
+    """A notebook with a `parameters`-tagged cell followed by `cells`, like notebooks/probe_*.ipynb."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    first = nbformat.v4.new_code_cell(params)
+    first.metadata["tags"] = ["parameters"]
+    nb.cells = [first] + [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, path)
+    return path
+
+
+def outputs(path) -> str:
+    """Everything the cells printed or raised."""
+    nb = nbformat.read(path, as_version=4)
+    return "".join(o.get("text", "") + o.get("evalue", "") for c in nb.cells for o in c.get("outputs", []))
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """One run_reports call over a good and a failing notebook (two kernels, shared by the tests)."""
+    tmp = tmp_path_factory.mktemp("report")
+    good = make_notebook(tmp / "probe_good.ipynb", "import sys\nprint('PREFIX=' + sys.prefix)",
+                         RECORD.replace("ACC", "0.5"))
+    bad = make_notebook(tmp / "probe_bad.ipynb", 'raise ValueError("boom")')
+    summary = report.run_reports(["clipkit-tiny"], [good, bad], out_root=tmp / "reports", kernel="python3")
+    return summary, tmp / "reports"
+
+
+@pytest.mark.slow  # starts Jupyter kernels
+def test_run_reports_good_and_failing(first_run):
+    summary, out = first_run
+    d = out / "clipkit-tiny"
+    for name in ("probe_good.ipynb", "probe_good.html", "probe_demo.metrics.json", "probe_bad.failed.ipynb"):
+        assert (d / name).is_file(), name
+    assert not (d / "probe_bad.ipynb").exists()
+    assert not list(d.glob("_staging_*")) and not list(d.glob(".*tmp*"))  # nothing half-done left
+    # The "python3" kernel is this interpreter's environment (the venv), not some other python.
+    assert f"PREFIX={sys.prefix}\n" in outputs(d / "probe_good.ipynb")
+    assert json.loads((d / "probe_demo.metrics.json").read_text())["metrics"]["accuracy"] == 0.5
+    assert [f["notebook"].endswith("probe_good.ipynb") for f in summary.ok] == [True]
+    [failed] = summary.failed
+    assert failed["model"] == "clipkit-tiny" and failed["path"] == str(d / "probe_bad.failed.ipynb")
+    assert "ValueError: boom" in failed["error"]
+    run = json.loads((d / "run.json").read_text())
+    assert run["model"] == "clipkit-tiny" and {"torch", "open_clip_torch", "python"} <= set(run["versions"])
+    assert run["notebooks"]["probe_good"]["status"] == "ok"
+    assert run["notebooks"]["probe_bad"]["status"] == "failed"
+
+
+@pytest.mark.slow  # starts Jupyter kernels
+def test_index_shows_metrics_links_and_failures(first_run):
+    summary, out = first_run
+    assert summary.index == out / "index.html"
+    page = summary.index.read_text()
+    for text in ("clipkit-tiny", "0.500", "[0.400, 0.600]", "chance 0.250", "n=100", "FAILED", "ValueError: boom",
+                 "clipkit-tiny/probe_bad.failed.ipynb", 'href="clipkit-tiny/probe_good.html"'):
+        assert text in page, text
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    data = json.loads((out / "summary.json").read_text())
+    probes = data["models"][0]["probes"]
+    assert probes["probe_good"]["metrics"]["probe_demo"]["n"] == 100
+    assert probes["probe_bad"]["status"] == "failed"
+
+
+@pytest.mark.slow  # starts Jupyter kernels
+def test_failure_keeps_last_good_outputs(tmp_path):
+    """A notebook that succeeded, then fails (after recording new metrics): the good outputs stay."""
+    nb = make_notebook(tmp_path / "probe_flaky.ipynb", RECORD.replace("ACC", "0.9 if FAIL else 0.5"),
+                       'if FAIL:\n    raise RuntimeError("flaky failure")',
+                       params='MODEL = "x"\nOUT_DIR = "."\nFAIL = False')
+    out = tmp_path / "reports"
+    assert not report.run_reports(["clipkit-tiny"], [nb], out_root=out, parameters={"FAIL": False}).failed
+    d = out / "clipkit-tiny"
+    before = {p.name: p.read_bytes() for p in d.iterdir() if p.name.startswith(("probe_flaky", "probe_demo"))}
+    assert set(before) == {"probe_flaky.ipynb", "probe_flaky.html", "probe_demo.metrics.json"}
+
+    rc = report.main(["--model", "clipkit-tiny", "--notebook", str(nb), "--out", str(out), "--param", "FAIL=True"])
+    assert rc == 1
+    assert {n: (d / n).read_bytes() for n in before} == before  # untouched, metrics still 0.5
+    assert "flaky failure" in outputs(d / "probe_flaky.failed.ipynb")
+    assert (d / "probe_flaky.failed" / "probe_demo.metrics.json").is_file()  # the failed run's, kept aside
+    entry = json.loads((d / "run.json").read_text())["notebooks"]["probe_flaky"]
+    assert entry["status"] == "failed" and entry["metrics"] == ["probe_demo.metrics.json"]
+    page = (out / "index.html").read_text()
+    assert "0.500" in page and "0.900" not in page and "RuntimeError: flaky failure" in page
+
+
+@pytest.mark.slow  # starts Jupyter kernels
+def test_timeout_saves_partial_notebook(tmp_path):
+    nb = make_notebook(tmp_path / "probe_slow.ipynb", "print('started')", "import time\ntime.sleep(120)")
+    summary = report.run_reports(["clipkit-tiny"], [nb], out_root=tmp_path / "r", timeout_per_cell=2, html=False)
+    [failed] = summary.failed
+    assert "CellTimeoutError" in failed["error"]
+    assert "started" in outputs(failed["path"])
+
+
+def test_parse_param():
+    assert report.parse_param("N=100") == ("N", 100)
+    assert report.parse_param("SHIFTS=['blur', 'noise']") == ("SHIFTS", ["blur", "noise"])
+    assert report.parse_param("DEVICE=cuda:0") == ("DEVICE", "cuda:0")  # not a literal: a string
+    assert report.parse_param("EMPTY=") == ("EMPTY", "")
+    for bad in ("N", "=3", "1N=3", "a-b=1"):
+        with pytest.raises(Exception, match="KEY=VALUE"):
+            report.parse_param(bad)
+
+
+def test_main_rejects_bad_param(capsys):
+    with pytest.raises(SystemExit) as e:
+        report.main(["--model", "clipkit-tiny", "--param", "oops"])
+    assert e.value.code == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_input_errors(tmp_path, monkeypatch, capsys):
+    nb = make_notebook(tmp_path / "probe_a.ipynb", "pass", params='MODEL = "x"\nOUT_DIR = "."\nN = 10')
+    with pytest.raises(ValueError, match="no model"):
+        report.run_reports([], [nb])
+    with pytest.raises(FileNotFoundError, match="missing.ipynb"):
+        report.run_reports(["clipkit-tiny"], [tmp_path / "missing.ipynb"])
+    with pytest.raises(ValueError, match="'NN' is not set in the parameters cell.*known: N"):
+        report.run_reports(["clipkit-tiny"], [nb], parameters={"NN": 1})
+    with pytest.raises(ValueError, match="MODEL is set by clipkit report"):
+        report.run_reports(["clipkit-tiny"], [nb], parameters={"MODEL": "other"})
+    monkeypatch.chdir(tmp_path)  # no notebooks/ folder here
+    with pytest.raises(FileNotFoundError, match=r"notebooks/probe_\*\.ipynb"):
+        report.run_reports(["clipkit-tiny"])
+    assert report.main(["--model", "clipkit-tiny", "--notebook", "nope.ipynb"]) == 2
+    assert "notebook not found" in capsys.readouterr().err
+
+
+def test_record_metrics_json(tmp_path):
+    path = report.record_metrics("probe_x", {"accuracy": np.float32(0.25), "n": np.int64(8),
+                                             "ci_low": float("nan"), "per_class": np.array([1.0, np.inf])},
+                                 tmp_path / "out")
+    assert path == tmp_path / "out" / "probe_x.metrics.json"
+    rec = json.loads(path.read_text())
+    assert rec["name"] == "probe_x"
+    assert rec["metrics"] == {"accuracy": 0.25, "n": 8, "ci_low": None, "per_class": [1.0, None]}
+    assert list((tmp_path / "out").iterdir()) == [path]  # no temp file left behind
+    with pytest.raises(ValueError, match="plain file name"):
+        report.record_metrics("../evil", {}, tmp_path)
+
+
+def test_build_index_from_disk_with_missing_and_extra_keys(tmp_path):
+    """Metrics without run.json, without accuracy or CI, and hostile names: shown, and escaped."""
+    a, b = tmp_path / "model_a", tmp_path / "model_b"
+    report.record_metrics("probe_ret", {"recall@5": 0.7, "note": "text", "flag": True}, a)
+    report.record_metrics("probe_count", {"accuracy": 0.3}, a)
+    report.record_metrics("probe_count", {"accuracy": None, "mean_rank": 2}, b)
+    (b / "run.json").write_text(json.dumps({"model": "<script>x</script>", "notebooks": {}}))
+    (tmp_path / "not_a_model").mkdir()
+    page = report.build_index(tmp_path).read_text()
+    assert "recall@5=0.700" in page and "note=" not in page and "flag=" not in page
+    assert "0.300" in page and "[" not in page.split("0.300")[1][:5]  # no CI to show
+    assert "mean_rank=2" in page
+    assert "<script>" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
+    data = json.loads((tmp_path / "summary.json").read_text())
+    assert [m["slug"] for m in data["models"]] == ["model_a", "model_b"]
+    assert data["probes"] == ["probe_count", "probe_ret"]
