@@ -82,3 +82,49 @@ def test_missing_default_model_says_how_to_train_it():
 def test_slugs_are_filesystem_safe():
     assert slugify("ViT-B-32:openai") == "ViT-B-32_openai"
     assert "/" not in slugify("hf-hub:org/name") and slugify("a" * 300) != slugify("a" * 299)
+
+
+def _open_clip_folder(folder, arch="clipkit-nano", seed=3):
+    """Write an open_clip-style folder (open_clip_config.json + weights), as hub repos hold them."""
+    import json
+    import open_clip
+    from safetensors.torch import save_file
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = open_clip.get_model_config(arch)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    m, _, _ = models.create_model(arch, seed=seed)
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, folder / "open_clip_model.safetensors")
+    return m
+
+
+def test_local_dir_spec_loads_an_open_clip_folder(tmp_path):
+    m = _open_clip_folder(tmp_path / "oc")
+    loaded, _, tok = load_model(f"local-dir:{tmp_path / 'oc'}")
+    assert _same(loaded, m)
+    with pytest.raises(ModelSpecError, match="no open_clip_config.json"):
+        load_model(f"local-dir:{tmp_path}")
+
+
+def test_hf_hub_spec_loads_from_the_local_hub_cache_offline(tmp_path, monkeypatch):
+    # lay out a Hugging Face cache entry by hand: models--org--name/{refs/main, snapshots/<rev>/...}
+    repo = tmp_path / "hub" / "models--clipkit--nano-test"
+    rev = "0" * 40
+    m = _open_clip_folder(repo / "snapshots" / rev)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as hc
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    loaded, _, _ = load_model("hf-hub:clipkit/nano-test")
+    assert _same(loaded, m)
+
+
+@pytest.mark.slow
+def test_real_architecture_with_a_local_weights_file(tmp_path):
+    # ViT-B-32 is what most users bring: random weights saved and loaded back through the spec
+    from safetensors.torch import save_file
+    m, _, _ = models.create_model("ViT-B-32", seed=1)
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, tmp_path / "b32.safetensors")
+    loaded, preprocess, tok = load_model(f"ViT-B-32:{tmp_path / 'b32.safetensors'}")
+    assert _same(loaded, m) and tok(["a dog"]).shape == (1, 77)

@@ -1,0 +1,36 @@
+"""End to end on a CPU in seconds: train a few steps, run the probe notebooks through papermill,
+check the metrics they record."""
+import json
+from pathlib import Path
+
+import pytest
+
+from clipkit.config import TrainConfig
+from clipkit.report import run_reports
+from clipkit.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_train_then_report_notebooks(tmp_path, monkeypatch):
+    cfg = TrainConfig(model="clipkit-nano", out=str(tmp_path / "run"), steps=6, batch_size=16,
+                      warmup=2, log_every=3, save_every=0, workers=0)
+    out = train(cfg)
+    assert (out / "model.safetensors").exists() and (out / "clipkit.json").exists()
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [3, 6] and all(r["loss"] > 0 for r in log)
+
+    monkeypatch.chdir(REPO)   # notebooks resolve probes/ from the repo root
+    nbs = sorted((REPO / "notebooks").glob("probe_*.ipynb"))
+    summary = run_reports([str(out)], notebooks=nbs, out_root=tmp_path / "reports", parameters={"N": 12},
+                          timeout_per_cell=300)
+    assert not summary.failed, summary.failed
+    model_dir, = [d for d in (tmp_path / "reports").iterdir() if d.is_dir()]
+    for name, chance in [("probe_counting", 1 / 6), ("probe_spatial", 0.25)]:
+        m = json.loads((model_dir / f"{name}.metrics.json").read_text())["metrics"]
+        assert m["n"] == 12 and m["chance"] == pytest.approx(chance)
+        assert 0 <= m["ci_low"] <= m["accuracy"] <= m["ci_high"] <= 1
+        assert (model_dir / f"{name}.html").stat().st_size > 10_000
+    index = (tmp_path / "reports" / "index.html").read_text()
+    assert "probe_counting" in index and "probe_spatial" in index
