@@ -47,7 +47,7 @@ class _OneHotModel(torch.nn.Module):
         return torch.nn.functional.one_hot(ids, self.dim).float()
 
 
-@pytest.mark.parametrize("probe", ["counting", "spatial", "spatial_swap"])
+@pytest.mark.parametrize("probe", ["counting", "counting_area_control", "spatial", "spatial_swap", "binding"])
 def test_oracle_scores_100_and_a_factor_blind_model_scores_chance(probe):
     spec = load_spec(probe, n=120)
     from clipkit.probes.engine import FAMILIES
@@ -115,3 +115,58 @@ def test_missing_spec_file_lists_the_known_ones(tmp_path):
     (tmp_path / "bad.yaml").write_text("name: [unclosed")
     with pytest.raises(SpecError, match="not valid YAML"):
         load_spec(tmp_path / "bad.yaml")
+
+
+def test_binding_captions_use_the_same_words_with_colours_swapped():
+    from clipkit.probes.engine import FAMILIES
+    items = FAMILIES["binding"](load_spec("binding", n=6))
+    assert [it.answer for it in items] == [0, 1] * 3
+    for it in items:
+        a, b = it.captions
+        assert sorted(a.split()) == sorted(b.split()) and a != b
+
+
+def test_jsonl_items_run_through_the_engine_and_bad_images_are_counted(tmp_path, nano, capsys):
+    import json
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "img" / "a.png")
+    Image.new("RGB", (40, 40), "blue").save(tmp_path / "img" / "b.png")
+    (tmp_path / "img" / "broken.png").write_bytes(b"\x89PNG not really")
+    lines = [{"image": "img/a.png", "captions": ["a red square", "a blue square"], "answer": 0, "colour": "red"},
+             {"image": "img/b.png", "captions": ["a red square", "a blue square", "a cat"], "answer": 1,
+              "colour": "blue"},
+             {"image": "img/broken.png", "captions": ["x", "y"], "answer": 0, "colour": "none"}]
+    (tmp_path / "items.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    spec = {"name": "mine", "family": "jsonl", "breakdowns": ["colour"],
+            "options": {"path": str(tmp_path / "items.jsonl"), "max_bad_fraction": 0.5}}
+    model, preprocess, tok = nano
+    r = run_probe(spec, model, preprocess, tok)
+    assert r.summary["n"] == 2 and r.table["chance"].tolist() == [0.5, pytest.approx(1 / 3)]
+    assert set(r.breakdowns["colour"]["colour"]) == {"red", "blue"}
+    assert "skipped 1 of 3" in capsys.readouterr().err
+    with pytest.raises(SpecError, match="unreadable"):
+        run_probe({**spec, "options": {"path": str(tmp_path / "items.jsonl")}}, model, preprocess, tok)
+
+
+@pytest.mark.parametrize("line, match", [
+    ('{"image": "a.png", "captions": ["x", "y"]}', "missing key"),
+    ('{"image": "a.png", "captions": ["x"], "answer": 0}', "at least 2"),
+    ('{"image": "a.png", "captions": ["x", "y"], "answer": 2}', "index into captions"),
+    ("not json", "not JSON"),
+])
+def test_jsonl_format_errors_name_the_line(tmp_path, line, match):
+    from clipkit.probes.engine import FAMILIES
+    (tmp_path / "x.jsonl").write_text(line + "\n")
+    spec = validate({"name": "x", "family": "jsonl", "options": {"path": str(tmp_path / "x.jsonl")}})
+    with pytest.raises(SpecError, match=match):
+        FAMILIES["jsonl"](spec)
+    with pytest.raises(SpecError, match="existing JSONL"):
+        FAMILIES["jsonl"](validate({"name": "x", "family": "jsonl", "options": {"path": "/nope.jsonl"}}))
+
+
+def test_every_shipped_spec_validates():
+    from clipkit.probes.engine import PROBES_DIR
+    specs = sorted(PROBES_DIR.glob("*.yaml"))
+    assert len(specs) >= 5
+    for path in specs:
+        assert load_spec(path).name == path.stem

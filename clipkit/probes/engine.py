@@ -86,7 +86,8 @@ def validate(d: dict, source: str = "spec") -> ProbeSpec:
         raise SpecError(f"{source}: unknown option(s) {bad} for family {d['family']!r}; allowed: {sorted(allowed)}")
     for k, (typ, default) in allowed.items():
         opts.setdefault(k, default)
-        if opts[k] is not None and not isinstance(opts[k], typ):
+        ok_types = (int, float) if typ is float else typ   # YAML writes 1 for 1.0
+        if opts[k] is not None and (not isinstance(opts[k], ok_types) or isinstance(opts[k], bool) is not (typ is bool)):
             raise SpecError(f"{source}: option {k!r} must be {getattr(typ, '__name__', typ)}, got {opts[k]!r}")
     return ProbeSpec(**{**d, "options": opts})
 
@@ -202,4 +203,4 @@ def _jsonable(x):
 
 def _load_families():
     # importing the family modules registers them (kept lazy to avoid an import cycle)
-    from clipkit.probes import counting, spatial  # noqa: F401
+    from clipkit.probes import binding, counting, jsonl, spatial  # noqa: F401
