@@ -298,13 +298,27 @@ def outline(obj: Obj, px: float) -> list[tuple[float, float]] | None:
     raise ValueError(f"unknown shape kind {kind!r}")
 
 
-def render(scene: Scene, size: int = 72, supersample: int = 2) -> Image.Image:
-    """Draw a scene as an RGB image of size x size pixels (anti-aliased by supersampling)."""
+def render(scene: Scene, size: int = 72, supersample: int = 2, *, palette: dict | None = None,
+           canvas: Image.Image | None = None) -> Image.Image:
+    """Draw a scene as an RGB image of size x size pixels (anti-aliased by supersampling).
+
+    palette: colour name -> RGB overrides (e.g. a hue-shifted palette); the names, and so the
+        captions, stay the same. None draws COLOURS.
+    canvas: an image drawn behind the objects instead of the flat `scene.background` (a texture);
+        resized to the supersampled canvas if its size differs. None keeps the flat background.
+    Both default to None, which draws exactly what this function always drew.
+    """
     px = size * supersample
-    img = Image.new("RGB", (px, px), scene.background)
+    if canvas is None:
+        img = Image.new("RGB", (px, px), scene.background)
+    else:
+        img = canvas.convert("RGB")  # always a copy: the caller's canvas is never drawn on
+        if img.size != (px, px):
+            img = img.resize((px, px), Image.BILINEAR)
+    colours = COLOURS if palette is None else {**COLOURS, **palette}
     draw = ImageDraw.Draw(img)
     for o in scene.objects:
-        rgb = COLOURS[o.colour] if o.colour in COLOURS else tuple(o.colour)
+        rgb = colours[o.colour] if o.colour in colours else tuple(o.colour)
         fill, line = (rgb, None) if o.style == "filled" else (None, rgb)
         width = max(1, int(0.015 * px))
         pts = outline(o, px)
