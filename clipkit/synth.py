@@ -159,6 +159,8 @@ def make_relation_scene(seed: int, relation: str | None = None, shapes=BASIC_SHA
     if relation not in RELATIONS:
         raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
     # two objects that differ in shape or colour (or both), so each is nameable
+    if len(set(shapes)) * len(set(colours)) < 2:
+        raise ValueError("a relation scene needs two nameable objects: give at least two shapes or colours")
     while True:
         (sa, sb), (ca, cb) = rng.choice(shapes, 2), rng.choice(colours, 2)
         if (sa, ca) != (sb, cb):

@@ -1,0 +1,541 @@
+"""ipywidgets front ends: a live caption scorer (gallery, upload, scene composer), text->image search, failure browser.
+
+Three widgets over one shared model picker, each a class with a `.widget` to display:
+
+    picker = ModelPicker("clipkit-tiny:synthetic")     # spec box + Load button; errors show in the UI
+    CaptionScorer(picker).widget    # one image (composed / gallery / upload) vs typed captions -> probabilities
+    TextSearch(picker).widget       # typed text -> the top-k gallery images
+    FailureBrowser(result).widget   # a ProbeResult's items, filtered by factor: image, true vs chosen caption
+
+The numbers are plain functions on features (`caption_probabilities`, `top_k`, `filter_items`), tested
+without a browser. Scoring stays interactive on a CPU: an image is encoded once when it changes and
+each distinct caption once per model (`LoadedModel` keeps an LRU of caption features), so typing a
+line re-encodes only that line.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+
+import ipywidgets as W
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from clipkit import synth
+from clipkit.evaluate import encode_images, encode_texts
+from clipkit.models import DEFAULT_MODEL, PRESETS, load_model
+
+# CLIP's logit scale (1 / temperature) is learned but clipped at 100 (Radford et al. 2021, sec. 2.5), where the
+# trained models end; CLIP's zero-shot example uses softmax(100 * cos). Probabilities here use the same fixed 100.
+CLIP_SCALE = 100.0
+MAX_UPLOAD_BYTES = 20 << 20  # refuse larger uploads before decoding them
+GALLERY_SEED = 9_000_000    # gallery scene seeds: away from probe seeds (< 1e7) and the training corpus (>= 1e7)
+TEXT_CACHE = 2048           # caption features kept per model
+ENGINE_COLUMNS = {"item", "answer", "pred", "correct", "credit", "chance", "margin", "true_caption",
+                  "chosen_caption"}  # ProbeResult.table columns that are not factors
+ANY = "(any)"
+
+
+# --- pure computations --------------------------------------------------------------------------
+def caption_probabilities(image_feature, text_features, scale: float = CLIP_SCALE):
+    """(probabilities (K,), cosines (K,)) of K captions for one image: softmax(scale * cos), as CLIP zero-shot.
+
+    image_feature: (d,) and text_features: (K, d), both L2-normalised.
+    """
+    img = torch.as_tensor(image_feature, dtype=torch.float64).reshape(-1)
+    txt = torch.as_tensor(text_features, dtype=torch.float64).reshape(-1, img.numel())
+    cos = txt @ img                                                    # (K,)
+    return torch.softmax(scale * cos, dim=0).numpy(), cos.numpy()
+
+
+def top_k(query_feature, features, k: int):
+    """(indices, cosines) of the k rows of `features` (N, d) closest to `query_feature` (d,), best first."""
+    scores = torch.as_tensor(features, dtype=torch.float64) @ torch.as_tensor(query_feature, dtype=torch.float64)
+    order = torch.argsort(-scores, stable=True)[:max(0, int(k))]    # ties: the lower index first
+    return order.numpy(), scores[order].numpy()
+
+
+def parse_captions(text: str) -> list[str]:
+    """One caption per non-empty line, whitespace-trimmed, duplicates dropped (first kept)."""
+    return list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
+
+
+def filter_items(table: pd.DataFrame, factor: str = ANY, level=ANY, only_failures: bool = True) -> pd.DataFrame:
+    """The rows of a ProbeResult table at `factor == level` (ANY: all), optionally only the wrong ones."""
+    rows = table[~table["correct"]] if only_failures else table
+    if factor != ANY and level != ANY:
+        rows = rows[rows[factor].astype(str) == str(level)]
+    return rows
+
+
+def compose_scene(kind: str = "count", shape: str = "circle", colour: str = "red", n: int = 3,
+                  relation: str = "left of", seed: int = 0, size_mode: str = "random") -> synth.Scene:
+    """The composer's scene: n objects of one shape/colour, or two objects with a relation, placed by `seed`.
+
+    size_mode (count scenes) is synth's: "random", "fixed", or "constant_area" (the same total object
+    area whatever n, so that area cannot stand in for count). For a relation scene the shape and colour
+    name the first object (A in "A left of B"); B comes from the seed.
+    """
+    if kind == "count":
+        return synth.make_count_scene(seed, n=n, shape=shape, colour=colour, size_mode=size_mode)
+    if kind != "relation":
+        raise ValueError(f"the composer makes 'count' or 'relation' scenes, got {kind!r}")
+    scene = synth.make_relation_scene(seed, relation=relation)
+    a, b = scene.objects
+    a = replace(a, shape=shape, colour=colour)
+    if (b.shape, b.colour) == (shape, colour):  # keep the two nameable: change B's colour
+        b = replace(b, colour=next(c for c in synth.BASIC_COLOURS if c != colour))
+    return synth.Scene("relation", (a, b), {"relation": relation, "a": (a.colour, a.shape), "b": (b.colour, b.shape)})
+
+
+def scene_captions(scene: synth.Scene, k: int = 5) -> list[str]:
+    """The true caption first, then up to k-1 hard negatives (for counts: the nearest other counts)."""
+    negatives = synth.hard_negatives(scene)
+    if scene.kind == "count":
+        n = scene.facts["n"]
+        negatives = sorted(negatives, key=lambda c: abs(synth.NUMBER_WORDS.index(c.split()[0]) - n))
+    return [synth.caption(scene)] + negatives[:k - 1]
+
+
+def decode_image(data: bytes, name: str = "upload") -> Image.Image:
+    """An RGB PIL image from uploaded bytes; ValueError with a readable message for anything else."""
+    data = bytes(data)
+    if not data:
+        raise ValueError(f"{name}: the file is empty")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ValueError(f"{name}: {len(data) / 2**20:.1f} MiB is over the {MAX_UPLOAD_BYTES >> 20} MiB limit")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.verify()                       # structure check before any pixels are decoded
+        im = Image.open(io.BytesIO(data))
+        im.load()
+        return ImageOps.exif_transpose(im).convert("RGB")
+    except UnidentifiedImageError:
+        why = "not an image file (no known image format)"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # truncated, corrupt, huge
+        why = f"a damaged or unsupported image ({type(e).__name__}: {e})"
+    raise ValueError(f"{name}: {why}. Upload a PNG, JPEG, GIF, BMP or WebP file.")
+
+
+def probability_html(captions, probs, cosines, true_caption: str | None = None, scale: float = CLIP_SCALE) -> str:
+    """Horizontal bars of P(caption | image), numbers as text; the model's choice in bold, the true one ticked."""
+    best = int(np.argmax(probs))
+    rows = []
+    for i, (c, p, s) in enumerate(zip(captions, probs, cosines)):
+        mark = " &#10003; true" if c == true_caption else ""
+        weight = "bold" if i == best else "normal"
+        rows.append(
+            f'<tr class="clipkit-prob-row" style="font-weight:{weight}">'
+            f'<td style="padding-right:8px;max-width:320px">{html.escape(c)}{mark}</td>'
+            f'<td style="width:220px"><div style="background:#4C72B0;height:14px;width:{100 * p:.1f}%"></div></td>'
+            f'<td class="clipkit-prob" style="padding-left:8px;font-family:monospace">{p:.3f}</td>'
+            f'<td style="padding-left:8px;font-family:monospace;color:#666">cos {s:+.3f}</td></tr>')
+    head = f"P(caption | image) = softmax({scale:g} &middot; cos) over {len(captions)} captions"
+    return f'<div><div style="color:#666">{head}</div><table>{"".join(rows)}</table></div>'
+
+
+def png_bytes(img: Image.Image, side: int | None = None) -> bytes:
+    """PNG bytes of `img`, scaled so its longer side is `side` (nearest-neighbour when enlarging: crisp pixels)."""
+    if side and max(img.size) != side:
+        f = side / max(img.size)
+        size = (max(1, round(img.width * f)), max(1, round(img.height * f)))
+        img = img.resize(size, Image.NEAREST if f > 1 else Image.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _img_tag(img: Image.Image, side: int) -> str:
+    return f'<img src="data:image/png;base64,{base64.b64encode(png_bytes(img, side)).decode()}">'
+
+
+def _error(msg: str) -> str:
+    return f'<span style="color:#b00020">{html.escape(msg)}</span>'
+
+
+# --- models and galleries -----------------------------------------------------------------------
+@dataclass(eq=False)
+class LoadedModel:
+    """A loaded model plus a cache of caption features (the widgets re-encode only new captions)."""
+    spec: str
+    model: torch.nn.Module
+    preprocess: object
+    tokenizer: object
+    _text: OrderedDict = field(default_factory=OrderedDict, repr=False)
+
+    @property
+    def parts(self) -> tuple:
+        """(model, preprocess, tokenizer), as `load_model` returns them (e.g. for `run_probe(spec, *parts)`)."""
+        return self.model, self.preprocess, self.tokenizer
+
+    def image_features(self, images) -> torch.Tensor:
+        """(N, d) L2-normalised features of PIL images."""
+        return encode_images(self.model, self.preprocess, images)
+
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        """(K, d) L2-normalised caption features; captions seen before come from the cache."""
+        new = [t for t in dict.fromkeys(texts) if t not in self._text]
+        if new:
+            self._text.update(zip(new, encode_texts(self.model, self.tokenizer, new)))
+        out = torch.stack([self._text[t] for t in texts])
+        for t in texts:
+            self._text.move_to_end(t)                   # least recently used first
+        while len(self._text) > TEXT_CACHE:
+            self._text.popitem(last=False)
+        return out
+
+
+def as_loaded(model, spec: str = "") -> LoadedModel:
+    """A LoadedModel from a LoadedModel, a (model, preprocess, tokenizer) tuple, or a spec string (loaded)."""
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, str):
+        return LoadedModel(model, *load_model(model))
+    return LoadedModel(spec or type(model[0]).__name__, *model)
+
+
+@dataclass
+class Gallery:
+    """Images to pick from and search over, with their captions (and scenes, when synthetic)."""
+    images: list
+    captions: list[str]
+    scenes: list = field(default_factory=list)
+
+    def __len__(self):
+        return len(self.images)
+
+
+def synthetic_gallery(n: int = 24, seed: int = 0, size: int = 72, kinds=("count", "relation", "binding")) -> Gallery:
+    """n synthetic scenes cycling through `kinds`, rendered at `size` px (the probes' resolution)."""
+    scenes = [synth.make_scene(kinds[i % len(kinds)], seed=GALLERY_SEED + 1000 * seed + i) for i in range(n)]
+    return Gallery([synth.render(s, size=size) for s in scenes], [synth.caption(s) for s in scenes], scenes)
+
+
+class ModelPicker:
+    """A model spec box with a Load button; the loaded model is `.loaded` (None until one loads)."""
+
+    def __init__(self, model=DEFAULT_MODEL, device: str = "cpu"):
+        self.device, self.loaded, self.error, self._callbacks = device, None, "", []
+        spec = model if isinstance(model, str) else getattr(model, "spec", "")
+        options = [f"{p}:random" for p in PRESETS] + ["clipkit-tiny:synthetic", "ViT-B-32:openai"]
+        self.spec = W.Combobox(value=spec, options=options, ensure_option=False, description="model",
+                               placeholder="spec, e.g. clipkit-tiny:synthetic", layout=W.Layout(width="420px"))
+        self.button = W.Button(description="Load", button_style="primary", layout=W.Layout(width="80px"))
+        self.status = W.HTML().add_class("clipkit-model-status")
+        self.button.on_click(lambda _: self.load(self.spec.value))
+        self.widget = W.HBox([self.spec, self.button, self.status])
+        if isinstance(model, str):
+            self.load(model)
+        else:
+            self._set(as_loaded(model))
+
+    def load(self, spec: str) -> bool:
+        """Load `spec`; on failure keep the previous model and show the error in the widget. True if loaded."""
+        self.status.value = f"loading {html.escape(spec)} &hellip;"
+        try:
+            loaded = LoadedModel(spec, *load_model(spec, device=self.device))
+        except Exception as e:  # any failure to load belongs in the UI, not in a traceback
+            self.error = f"{type(e).__name__}: {e}"
+            still = f" (still using {self.loaded.spec})" if self.loaded is not None else ""
+            self.status.value = _error(self.error + still)
+            return False
+        self.error = ""
+        self._set(loaded)
+        return True
+
+    def on_change(self, callback) -> None:
+        """Call `callback(loaded_model)` whenever another model is loaded."""
+        self._callbacks.append(callback)
+
+    def require(self) -> LoadedModel:
+        """The loaded model, or a RuntimeError saying why there is none."""
+        if self.loaded is None:
+            raise RuntimeError(f"no model loaded: {self.error}")
+        return self.loaded
+
+    def _set(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.spec.value = loaded.spec
+        n = sum(p.numel() for p in loaded.model.parameters())
+        self.status.value = (f'<span style="color:#2e7d32">{html.escape(loaded.spec)} loaded '
+                             f'({n / 1e6:.2f} M parameters)</span>')
+        for cb in self._callbacks:
+            cb(loaded)
+
+
+def _picker(model) -> ModelPicker:
+    return model if isinstance(model, ModelPicker) else ModelPicker(model)
+
+
+# --- widgets ------------------------------------------------------------------------------------
+class CaptionScorer:
+    """One image against candidate captions, live: P(caption | image) as bars, updated on every edit.
+
+    The image comes from the scene composer (kind, shape, colour, count, relation, seed), a gallery
+    of synthetic scenes, or an upload; the captions from a textarea, one per line. `model` is a spec,
+    a (model, preprocess, tokenizer) tuple, a LoadedModel, or a shared ModelPicker. After each
+    update `.scores` holds the table behind the bars (caption, probability, cosine, true).
+    """
+    SOURCES = ("Compose", "Gallery", "Upload")
+
+    def __init__(self, model=DEFAULT_MODEL, gallery: Gallery | None = None, captions: list[str] | None = None,
+                 scale: float = CLIP_SCALE, live: bool = True, image_side: int = 216):
+        own_picker = not isinstance(model, ModelPicker)
+        self.picker = _picker(model)
+        self.gallery = gallery if gallery is not None else synthetic_gallery()
+        self.scale, self.image_side = scale, image_side
+        self.image, self.scene, self.true_caption, self.scores = None, None, None, None
+        self._feature = None                 # (d,) features of self.image under the current model
+        self._sources = [None, None, None]   # per tab: (image, scene, label) last shown from it
+
+        # composer: every control re-renders the scene (continuous_update=False: on release, not per pixel)
+        self.kind = W.Dropdown(options=["count", "relation"], value="count", description="scene")
+        self.shape = W.Dropdown(options=list(synth.SHAPES), value="circle", description="shape")
+        self.colour = W.Dropdown(options=list(synth.COLOURS), value="red", description="colour")
+        self.count = W.IntSlider(3, min=1, max=10, description="count", continuous_update=False)
+        self.sizes = W.Dropdown(options=["random", "fixed", "constant_area"], description="sizes")
+        self.relation = W.Dropdown(options=list(synth.RELATIONS), description="relation", disabled=True)
+        self.seed = W.IntSlider(0, min=0, max=999, description="layout seed", continuous_update=False)
+        self.count.add_class("clipkit-count")
+        controls = (self.kind, self.shape, self.colour, self.count, self.sizes, self.relation, self.seed)
+        for w in controls:
+            w.observe(lambda _: self._compose(), "value")
+
+        cells = []
+        for i, (img, cap) in enumerate(zip(self.gallery.images, self.gallery.captions)):
+            button = W.Button(description=f"#{i}", tooltip=cap, layout=W.Layout(width="72px"))
+            button.on_click(lambda _, i=i: self.pick(i))
+            cells.append(W.VBox([W.Image(value=png_bytes(img, 72), format="png"), button]))
+        gallery_box = W.GridBox(cells, layout=W.Layout(grid_template_columns="repeat(6, 80px)"))
+
+        self.upload = W.FileUpload(accept="image/*", multiple=False, description="Upload image")
+        self.upload_status = W.HTML("a PNG, JPEG, GIF, BMP or WebP file; until then the last image stays")
+        self.upload_status.add_class("clipkit-upload-status")
+        self.upload.observe(self._on_upload, "value")
+
+        self.tabs = W.Tab([W.VBox(list(controls)), gallery_box, W.VBox([self.upload, self.upload_status])],
+                          titles=self.SOURCES)
+        self.tabs.observe(self._on_tab, "selected_index")
+        self.view = W.Image(format="png", layout=W.Layout(width=f"{image_side}px", align_self="flex-start"))
+        self.view_caption = W.HTML()
+        self.captions = W.Textarea("\n".join(captions or []), rows=6, continuous_update=live,
+                                   placeholder="candidate captions, one per line", layout=W.Layout(width="420px"))
+        self.captions.add_class("clipkit-captions")
+        self.captions.observe(lambda _: self.rescore(), "value")
+        self.suggest = W.Button(description="Captions for this scene", layout=W.Layout(width="200px"),
+                                tooltip="the true caption and hard negatives of the current synthetic scene")
+        self.suggest.on_click(lambda _: self.suggest_captions())
+        self.probs = W.HTML().add_class("clipkit-probs")
+        self.status = W.HTML().add_class("clipkit-status")
+        self.picker.on_change(lambda _: self._new_model())
+
+        self.widget = W.VBox(([self.picker.widget] if own_picker else []) + [
+            W.HBox([self.tabs, W.VBox([self.view, self.view_caption])]),
+            W.HBox([W.VBox([self.captions, self.suggest]), W.VBox([self.probs, self.status])])])
+        self._compose()
+        if not captions:
+            self.suggest_captions()
+
+    def pick(self, i: int) -> None:
+        """Show gallery image i."""
+        scene = self.gallery.scenes[i] if i < len(self.gallery.scenes) else None
+        self._activate(1, (self.gallery.images[i], scene, f"gallery #{i}"))
+
+    def upload_bytes(self, data: bytes, name: str = "upload") -> bool:
+        """Decode uploaded bytes and show the image; a non-image leaves a message and the old image. True if shown."""
+        try:
+            img = decode_image(data, name)
+        except ValueError as e:
+            self.upload_status.value = _error(str(e))
+            return False
+        self.upload_status.value = f"{html.escape(name)}: {img.width}&times;{img.height}"
+        self._activate(2, (img, None, name))
+        return True
+
+    def set_image(self, image: Image.Image, scene: synth.Scene | None = None, label: str = "") -> None:
+        """Score `image` (the true caption is known when its synthetic `scene` is given)."""
+        self.image, self.scene, self._feature = image, scene, None
+        self.true_caption = synth.caption(scene) if scene is not None else None
+        self.view.value = png_bytes(image, self.image_side)
+        what = f"true caption: <b>{html.escape(self.true_caption)}</b>" if self.true_caption else "(no caption known)"
+        self.view_caption.value = f"{html.escape(label)} &mdash; {what}"
+        self.suggest.disabled = scene is None
+        self.rescore()
+
+    def suggest_captions(self, k: int = 5) -> None:
+        """Fill the captions with the scene's true caption and k-1 hard negatives."""
+        if self.scene is not None:
+            self.captions.value = "\n".join(scene_captions(self.scene, k))
+
+    def rescore(self) -> None:
+        """Recompute the probabilities (the image is encoded once; captions come from the model's cache)."""
+        captions, loaded = parse_captions(self.captions.value), self.picker.loaded
+        if loaded is None or self.image is None or not captions:
+            self.probs.value = "<i>load a model to score captions</i>" if loaded is None else \
+                "<i>type candidate captions, one per line</i>"
+            self.scores = None
+            return
+        try:
+            if self._feature is None:
+                self._feature = loaded.image_features([self.image])[0]
+            p, cos = caption_probabilities(self._feature, loaded.text_features(captions), self.scale)
+        except Exception as e:  # a model that cannot score this input: say so in the widget
+            self.status.value = _error(f"scoring failed: {type(e).__name__}: {e}")
+            self.probs.value, self.scores = "", None
+            return
+        self.status.value = ""
+        self.scores = pd.DataFrame({"caption": captions, "probability": p, "cosine": cos,
+                                    "true": [c == self.true_caption for c in captions]})
+        self.probs.value = probability_html(captions, p, cos, self.true_caption, self.scale)
+
+    def _compose(self) -> None:
+        self.count.disabled = self.sizes.disabled = self.kind.value != "count"
+        self.relation.disabled = self.kind.value != "relation"
+        scene = compose_scene(self.kind.value, self.shape.value, self.colour.value, self.count.value,
+                              self.relation.value, self.seed.value, self.sizes.value)
+        self._activate(0, (synth.render(scene), scene, "composed scene"))
+
+    def _activate(self, tab: int, source) -> None:
+        self._sources[tab] = source
+        if self.tabs.selected_index == tab:
+            self.set_image(*source)
+        else:
+            self.tabs.selected_index = tab   # -> _on_tab shows it
+
+    def _on_tab(self, change) -> None:
+        source = self._sources[change["new"]] if change["new"] is not None else None
+        if source is not None:
+            self.set_image(*source)
+
+    def _on_upload(self, change) -> None:
+        if change["new"]:
+            f = change["new"][0]
+            self.upload_bytes(f["content"], f.get("name", "upload"))
+            self.upload.value = ()   # drop the bytes; the same file can be uploaded again
+
+    def _new_model(self) -> None:
+        self._feature = None
+        self.rescore()
+
+
+class TextSearch:
+    """Text -> image search over a gallery: type a description, see the top-k images by cosine."""
+
+    def __init__(self, model=DEFAULT_MODEL, gallery: Gallery | None = None, query: str = "", k: int = 6):
+        own_picker = not isinstance(model, ModelPicker)
+        self.picker = _picker(model)
+        self.gallery = gallery if gallery is not None else synthetic_gallery()
+        self.hits: list[tuple[int, float]] = []   # (gallery index, cosine), best first
+        self._features = None                      # (LoadedModel, (N, d) gallery features)
+        self.query = W.Text(query, description="search", placeholder="e.g. three red circles",
+                            continuous_update=False, layout=W.Layout(width="420px")).add_class("clipkit-search-query")
+        self.k = W.IntSlider(min(k, len(self.gallery)), min=1, max=max(1, len(self.gallery)), description="top k",
+                             continuous_update=False)
+        self.results = W.HTML().add_class("clipkit-search")
+        self.query.observe(lambda _: self.search(), "value")
+        self.k.observe(lambda _: self.search(), "value")
+        self.picker.on_change(lambda _: self.search())
+        self.widget = W.VBox(([self.picker.widget] if own_picker else []) +
+                             [W.HBox([self.query, self.k]), self.results])
+        self.search()
+
+    def search(self) -> None:
+        """Rank the gallery for the current query (gallery features are computed once per model)."""
+        loaded, text = self.picker.loaded, self.query.value.strip()
+        if loaded is None or not text:
+            self.hits = []
+            self.results.value = "<i>load a model first</i>" if loaded is None else "<i>type a description</i>"
+            return
+        if self._features is None or self._features[0] is not loaded:
+            self._features = (loaded, loaded.image_features(self.gallery.images))
+        idx, cos = top_k(loaded.text_features([text])[0], self._features[1], self.k.value)
+        self.hits = list(zip(idx.tolist(), cos.tolist()))
+        card = "display:inline-block;width:130px;margin:4px;vertical-align:top;text-align:center;line-height:1.3"
+        cards = [f'<div style="{card}">'
+                 f'{_img_tag(self.gallery.images[i], 108)}<br><b>{r + 1}.</b> cos {s:+.3f}<br>'
+                 f'<small>#{i} {html.escape(self.gallery.captions[i])}</small></div>'
+                 for r, (i, s) in enumerate(self.hits)]
+        self.results.value = "".join(cards)
+
+
+class FailureBrowser:
+    """Browse a ProbeResult's items: filter by a factor level (and to failures), see each image with its
+    true and chosen captions, margin and factors. With `model` (the one that produced the result) it
+    also shows P(caption | image) over the item's candidates."""
+
+    def __init__(self, result, model=None, image_side: int = 216):
+        self.result, self.table, self.image_side = result, result.table, image_side
+        self.loaded = None if model is None else as_loaded(model)
+        self.rows = self.table.iloc[:0]
+        factors = [c for c in self.table.columns if c not in ENGINE_COLUMNS]
+        self.factor = W.Dropdown(options=[ANY] + factors, description="factor")
+        self.level = W.Dropdown(options=[ANY], description="level")
+        self.only_failures = W.Checkbox(True, description="only failures")
+        self.index = W.IntSlider(0, min=0, max=0, description="item", continuous_update=False)
+        prev, nxt = (W.Button(description=d, layout=W.Layout(width="40px")) for d in "<>")
+        prev.on_click(lambda _: self._step(-1))
+        nxt.on_click(lambda _: self._step(+1))
+        self.summary, self.details, self.scores = W.HTML(), W.HTML().add_class("clipkit-failure"), W.HTML()
+        self.view = W.Image(format="png", layout=W.Layout(width=f"{image_side}px", align_self="flex-start"))
+        self.factor.observe(lambda _: self._levels(), "value")
+        self.level.observe(lambda _: self.refresh(), "value")
+        self.only_failures.observe(lambda _: self.refresh(), "value")
+        self.index.observe(lambda _: self.show(), "value")
+        self.widget = W.VBox([W.HBox([self.factor, self.level, self.only_failures]), self.summary,
+                              W.HBox([self.index, prev, nxt]),
+                              W.HBox([self.view, W.VBox([self.details, self.scores])])])
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Apply the filter and show its first item."""
+        self.rows = filter_items(self.table, self.factor.value, self.level.value, self.only_failures.value)
+        scope = filter_items(self.table, self.factor.value, self.level.value, only_failures=False)
+        acc = scope["credit"].mean() if len(scope) else float("nan")
+        self.summary.value = (f"{len(self.rows)} shown; {int((~scope['correct']).sum())} wrong of {len(scope)} "
+                              f"in this filter (accuracy {acc:.3f}, chance {scope['chance'].mean():.3f})"
+                              if len(scope) else "no items in this filter")
+        self.index.value = 0
+        self.index.max = max(0, len(self.rows) - 1)
+        self.show()
+
+    def show(self) -> None:
+        """Show the item at the slider's position within the filtered rows."""
+        if not len(self.rows):
+            self.view.value, self.details.value, self.scores.value = b"", "<i>no items match</i>", ""
+            return
+        self.scores.value = ""
+        row = self.rows.iloc[min(self.index.value, len(self.rows) - 1)]
+        item = self.result.items[int(row["item"])] if int(row["item"]) < len(self.result.items) else None
+        self.view.value = png_bytes(item.image, self.image_side) if item is not None else b""
+        facts = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(row[k]))}</td></tr>"
+                        for k in self.factor.options[1:])
+        verdict = '<span style="color:#2e7d32">correct</span>' if row["correct"] else _error("wrong")
+        self.details.value = (
+            f"<table><tr><td>item</td><td>#{int(row['item'])} ({verdict})</td></tr>"
+            f"<tr><td>true caption</td><td><b>{html.escape(row['true_caption'])}</b></td></tr>"
+            f"<tr><td>chosen caption</td><td><b>{html.escape(row['chosen_caption'])}</b></td></tr>"
+            f"<tr><td>margin</td><td>{row['margin']:+.4f} (true minus best other cosine)</td></tr>{facts}</table>")
+        if self.loaded is not None and item is not None:
+            p, cos = caption_probabilities(self.loaded.image_features([item.image])[0],
+                                           self.loaded.text_features(item.captions))
+            self.scores.value = probability_html(item.captions, p, cos, item.captions[item.answer])
+
+    def _levels(self) -> None:
+        f = self.factor.value
+        levels = [] if f == ANY else list(self.table[f].unique())
+        try:
+            levels = sorted(levels)
+        except TypeError:
+            levels = sorted(levels, key=str)
+        with self.level.hold_trait_notifications():
+            self.level.options = [ANY] + [str(v) for v in levels]
+            self.level.value = ANY
+        self.refresh()
+
+    def _step(self, d: int) -> None:
+        self.index.value = min(max(self.index.value + d, 0), self.index.max)
