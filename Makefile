@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: pip takes these two builds from this machine's disk
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# CLIP_benchmark, for the parity tests and bench/: its metric code needs only torch, tqdm and
+	# scikit-learn; its declared dependencies (transformers, pycocoevalcap, ...) are not needed
+	$(BIN)/python -m pip install --quiet --no-deps clip_benchmark==1.6.2
 	@touch $(STAMP)
 
 setup: $(STAMP)

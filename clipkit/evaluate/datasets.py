@@ -1,0 +1,279 @@
+"""Classification datasets for evaluation: synthetic families, an ImageFolder, torchvision datasets by name.
+
+Every dataset here yields `(image, label)` (image transformed by `transform`, or None when the file
+cannot be read: counted and skipped by feature extraction) and carries what evaluation needs:
+
+    name          a short name (results file names, cache entry names, per-dataset templates)
+    classes       class names, in label order, written for prompts ("annual crop land", not "AnnualCrop")
+    templates     the dataset's own zero-shot templates ("a photo of a {c}."), or None
+    fingerprint   a cheap hash that changes when the data do (the feature-cache key)
+
+Synthetic families are small tables of class name -> scene factory (a pure function of a seed),
+so a new fine-grained family is a table, not code. Torchvision datasets are never downloaded
+unless asked (`download=True`); a missing dataset raises `DatasetNotFound` naming the folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import logging
+import zlib
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from clipkit import synth
+from clipkit.evaluate.cache import folder_fingerprint, files_fingerprint, params_fingerprint
+from clipkit.evaluate.zeroshot import DATASET_TEMPLATES
+
+log = logging.getLogger("clipkit.evaluate")
+
+
+class DatasetNotFound(FileNotFoundError):
+    """A dataset's files are not where they were expected (and downloading was not asked for)."""
+
+
+def open_image(src) -> Image.Image:
+    """An RGB image from a path or bytes, refusing corrupt files and decompression bombs (raises
+    OSError or ValueError). Uses `clipkit.data.safe_open_image`, so training and evaluation read alike."""
+    from clipkit import data
+    safe = getattr(data, "safe_open_image", None)
+    if safe is not None:
+        return safe(src, mode="RGB")
+    import io
+    with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as im:  # bombs raise past 2x the limit
+        im.load()  # decode now: a truncated file fails here, inside the caller's try
+        return im.convert("RGB")
+
+
+class ClassificationDataset(Dataset):
+    """Base: `name`, `classes`, `templates`, `transform`, `fingerprint`; items are (image, label)."""
+    name: str = "dataset"
+    classes: list[str] = []
+    templates: list[str] | None = None
+    transform: Callable | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        raise NotImplementedError
+
+
+# --- synthetic families -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Family:
+    """A synthetic classification task: class name -> scene factory (seed -> synth.Scene), and templates."""
+    classes: dict[str, Callable[[int], synth.Scene]]
+    templates: tuple[str, ...] = ("a {c}.", "a photo of a {c}.")
+
+
+def _single(seed: int, shape: str | None = None, colour=None, size: str | None = None) -> synth.Scene:
+    """One object (synth's "single" scene), with the shape, colour (name or RGB) or size held fixed."""
+    scene = synth.make_single_scene(seed, shapes=(shape,) if shape else synth.BASIC_SHAPES)
+    obj = scene.objects[0]
+    if colour is not None:
+        obj = dataclasses.replace(obj, colour=colour)
+    if size is not None:  # same radius rule as make_single_scene; keep the object inside the margin
+        r = synth.SIZES[size] * 1.3
+        lo, hi = synth.MARGIN + r, 1 - synth.MARGIN - r
+        obj = dataclasses.replace(obj, r=r, x=min(max(obj.x, lo), hi), y=min(max(obj.y, lo), hi))
+    facts = {**scene.facts, **({"size": size} if size else {})}
+    return dataclasses.replace(scene, objects=(obj,), facts=facts)
+
+
+# Close shades of blue (RGB): a fine-grained colour task; "blue" and "cyan" are the training colours.
+SHADES = {"navy": (20, 30, 120), "blue": synth.COLOURS["blue"], "sky blue": (110, 175, 240),
+          "cyan": synth.COLOURS["cyan"], "teal": (30, 130, 140)}
+POLYGONS = ("triangle", "square", "pentagon", "hexagon", "heptagon", "octagon")  # 3..8 sides
+
+FAMILIES: dict[str, Family] = {
+    "shape": Family({s: partial(_single, shape=s) for s in synth.BASIC_SHAPES}),
+    "polygon": Family({s: partial(_single, shape=s) for s in POLYGONS}),
+    "colour": Family({c: partial(_single, colour=c) for c in synth.BASIC_COLOURS},
+                     ("a {c} shape.", "a {c} object.")),
+    "shade": Family({name: partial(_single, colour=rgb) for name, rgb in SHADES.items()},
+                    ("a {c} shape.", "a {c} object.")),
+    "size": Family({z: partial(_single, size=z) for z in synth.SIZES}, ("a {c} shape.", "a {c} object.")),
+    "count": Family({synth.NUMBER_WORDS[n]: partial(synth.make_count_scene, n=n) for n in range(1, 7)},
+                    ("{c} shapes.", "a photo of {c} objects.")),
+}
+_SYNTH_SOURCE = hashlib.sha256(inspect.getsource(synth).encode()).hexdigest()[:16]  # renderer version
+
+
+class SyntheticClassification(ClassificationDataset):
+    """n balanced images of a synthetic family: sample i has label i % n_classes and its own scene seed.
+
+    `family` is a name in FAMILIES or a `Family`. Splits draw disjoint seeds, so "train", "val" and
+    "test" of the same family never share an image. Pure function of the arguments (and synth.py).
+    """
+
+    def __init__(self, family: str | Family = "shape", n: int = 600, seed: int = 0, split: str = "test",
+                 transform: Callable | None = None, image_size: int = 72, name: str | None = None):
+        if isinstance(family, str):
+            if family not in FAMILIES:
+                raise ValueError(f"unknown synthetic family {family!r}; known: {sorted(FAMILIES)}")
+            self.family_name, family = family, FAMILIES[family]
+        else:
+            self.family_name = name or "custom"
+        self.family, self.n, self.seed, self.split = family, int(n), int(seed), split
+        self.transform, self.image_size = transform, image_size
+        self.classes = list(family.classes)
+        self.templates = list(family.templates)
+        self.name = name or f"synthetic_{self.family_name}"
+        self._factories = list(family.classes.values())
+
+    def __len__(self):
+        return self.n
+
+    def scene(self, i: int) -> synth.Scene:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        # one seed per (family, split, seed, i); crc32 is stable across processes and platforms
+        scene_seed = zlib.crc32(f"{self.family_name}/{self.split}/{self.seed}/{i}".encode())
+        return self._factories[i % len(self._factories)](scene_seed)
+
+    def __getitem__(self, i):
+        image = synth.render(self.scene(i), size=self.image_size)
+        return (self.transform(image) if self.transform else image), i % len(self._factories)
+
+    @property
+    def fingerprint(self) -> str:
+        factories = [getattr(f, "func", f).__qualname__ + repr(getattr(f, "keywords", ""))
+                     for f in self._factories]
+        return params_fingerprint(kind="synthetic", family=self.family_name, classes=self.classes,
+                                  factories=factories, n=self.n, seed=self.seed, split=self.split,
+                                  image_size=self.image_size, synth=_SYNTH_SOURCE)
+
+
+# --- folders on disk --------------------------------------------------------------------------
+class ImageFolderClassification(ClassificationDataset):
+    """root/<class>/<image>: class names are folder names with "_" read as spaces."""
+
+    def __init__(self, root, transform: Callable | None = None, name: str | None = None,
+                 templates: list[str] | None = None):
+        from torchvision.datasets import ImageFolder
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise DatasetNotFound(f"image folder {self.root} does not exist (expected root/<class>/<image>)")
+        folder = ImageFolder(str(self.root), loader=lambda p: p, allow_empty=True)
+        self.samples = folder.samples
+        self.classes = [c.replace("_", " ") for c in folder.classes]
+        self.transform, self.templates = transform, templates
+        self.name = name or self.root.name
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        image = open_image(path)
+        return (self.transform(image) if self.transform else image), label
+
+    @property
+    def fingerprint(self) -> str:
+        return params_fingerprint(kind="imagefolder", classes=self.classes,
+                                  files=files_fingerprint([p for p, _ in self.samples], root=self.root))
+
+
+DIGITS = [str(i) for i in range(10)]
+# Class names where torchvision's are not prompt-ready (from CLIP's and CLIP_benchmark's lists).
+EUROSAT = ["annual crop land", "forest", "brushland or shrubland", "highway or road",
+           "industrial buildings or commercial buildings", "pasture land", "permanent crop land",
+           "residential buildings or homes or apartments", "river", "lake or sea"]
+FER2013 = ["angry", "disgusted", "fearful", "happy", "neutral", "sad", "surprised"]
+PCAM = ["lymph node", "lymph node containing metastatic tumor tissue"]
+_TRAIN_FLAG = {"train": {"train": True}, "test": {"train": False}}
+_SPLIT = lambda *names: {s: {"split": s} for s in names}  # noqa: E731
+
+# name -> (torchvision class, folder under root, split -> constructor kwargs, class names or None)
+TORCHVISION = {
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", _TRAIN_FLAG, None),
+    "cifar100": ("CIFAR100", "cifar-100-python", _TRAIN_FLAG, None),
+    "stl10": ("STL10", "stl10_binary", _SPLIT("train", "test"), None),
+    "mnist": ("MNIST", "MNIST/raw", _TRAIN_FLAG, DIGITS),
+    "svhn": ("SVHN", "", _SPLIT("train", "test"), DIGITS),
+    "flowers": ("Flowers102", "flowers-102", _SPLIT("train", "val", "test"), None),
+    "pets": ("OxfordIIITPet", "oxford-iiit-pet", _SPLIT("trainval", "test"), None),
+    "cars": ("StanfordCars", "stanford_cars", _SPLIT("train", "test"), None),
+    "fgvc_aircraft": ("FGVCAircraft", "fgvc-aircraft-2013b",
+                      {s: {"split": s, "annotation_level": "variant"} for s in ("train", "val", "trainval", "test")},
+                      None),
+    "food101": ("Food101", "food-101", _SPLIT("train", "test"), None),
+    "dtd": ("DTD", "dtd", _SPLIT("train", "val", "test"), None),
+    "eurosat": ("EuroSAT", "eurosat", {"all": {}}, EUROSAT),  # no official split: one set of 27,000
+    "gtsrb": ("GTSRB", "gtsrb", _SPLIT("train", "test"), None),
+    "renderedsst2": ("RenderedSST2", "rendered-sst2", _SPLIT("train", "val", "test"), None),
+    "pcam": ("PCAM", "pcam", _SPLIT("train", "val", "test"), PCAM),
+    "fer2013": ("FER2013", "fer2013", _SPLIT("train", "test"), FER2013),
+}
+ALIASES = {"flowers102": "flowers", "oxford_pets": "pets", "oxford-iiit-pet": "pets", "stanford_cars": "cars",
+           "aircraft": "fgvc_aircraft", "fgvc-aircraft": "fgvc_aircraft", "food-101": "food101",
+           "cifar-10": "cifar10", "cifar-100": "cifar100", "stl-10": "stl10"}
+
+
+class TorchvisionClassification(ClassificationDataset):
+    """A torchvision dataset read from a local `root`, with prompt-ready class names and templates."""
+
+    def __init__(self, name: str, root, split: str = "test", transform: Callable | None = None,
+                 download: bool = False):
+        import torchvision.datasets as tvd
+        key = ALIASES.get(name.lower(), name.lower())
+        if key not in TORCHVISION:
+            raise ValueError(f"unknown torchvision dataset {name!r}; known: {sorted(TORCHVISION)} "
+                             f"(or 'synthetic:<family>', or an image folder)")
+        cls_name, folder, splits, classnames = TORCHVISION[key]
+        if key == "eurosat" and split != "all":
+            log.warning("EuroSAT has no official split; using all 27,000 images (split=%r ignored)", split)
+            split = "all"
+        if split not in splits:
+            raise ValueError(f"{key} has splits {sorted(splits)}, not {split!r}")
+        self.root, self.name, self.split, self.transform = Path(root).expanduser(), key, split, transform
+        self.folder = self.root / folder
+        try:
+            self.dataset = getattr(tvd, cls_name)(root=str(self.root), download=download, **splits[split])
+        except RuntimeError as e:
+            if "download" not in str(e).lower() and "not found" not in str(e).lower():
+                raise
+            raise DatasetNotFound(
+                f"{key} ({cls_name}) not found: expected its files in {self.folder} (root={self.root}). "
+                f"Put the extracted dataset there, or pass download=True on a machine with network. "
+                f"torchvision said: {e}") from None
+        raw = classnames or list(getattr(self.dataset, "classes", []))
+        self.classes = [c.replace("_", " ") for c in raw]  # Food-101: "apple_pie" -> "apple pie"
+        self.templates = DATASET_TEMPLATES.get(key)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        image, label = self.dataset[i]
+        image = image.convert("RGB") if isinstance(image, Image.Image) else image
+        return (self.transform(image) if self.transform else image), int(label)
+
+    @property
+    def fingerprint(self) -> str:
+        if not hasattr(self, "_fingerprint"):  # walks the files once (stat only)
+            where = self.folder if self.folder.exists() else self.root
+            self._fingerprint = params_fingerprint(kind="torchvision", name=self.name, split=self.split,
+                                                   n=len(self), files=folder_fingerprint(where))
+        return self._fingerprint
+
+
+def load_classification(name: str, root=None, split: str = "test", transform: Callable | None = None,
+                        download: bool = False, **kwargs) -> ClassificationDataset:
+    """One entry point: 'synthetic:<family>' (kwargs: n, seed, image_size), 'imagefolder' (root =
+    the folder), or a torchvision name ('cifar10', 'flowers', 'eurosat', ...; root = the data root)."""
+    if name.startswith("synthetic"):
+        family = name.partition(":")[2] or "shape"
+        return SyntheticClassification(family, split=split, transform=transform, **kwargs)
+    if name == "imagefolder":
+        if root is None:
+            raise ValueError("'imagefolder' needs root=<folder with one subfolder per class>")
+        return ImageFolderClassification(root, transform=transform, **kwargs)
+    if root is None:
+        raise ValueError(f"{name!r} needs root=<folder holding the dataset> (nothing is downloaded by default)")
+    return TorchvisionClassification(name, root, split=split, transform=transform, download=download)

@@ -1,0 +1,117 @@
+"""Results as CLIP_benchmark-compatible JSON records, one file per (model, dataset, task), merged into one table.
+
+A record: {"dataset", "model", "pretrained", "task", "metrics": {...}, "language": "en", "config": {...},
+"versions": {...}} -- CLIP_benchmark's fields (its `build` step reads them) plus the configuration
+and package versions that produced it. File names come from one template, RESULT_TEMPLATE.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from clipkit.checkpoint import atomic_write_json
+from clipkit.models import slugify
+
+RESULT_TEMPLATE = "{dataset}_{model}_{task}.json"   # CLIP_benchmark's default output template
+TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe", "image_caption_selection")
+_PACKAGES = ("clipkit", "torch", "torchvision", "open_clip_torch", "numpy", "scikit-learn", "pillow")
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """(model, pretrained) as CLIP_benchmark names them: 'ViT-B-32:openai' -> ('ViT-B-32', 'openai');
+    'clipkit-tiny' -> ('clipkit-tiny', 'random'); hub names and paths stay whole with pretrained ''."""
+    spec = str(spec)
+    if spec.startswith(("hf-hub:", "local-dir:")) or "/" in spec.partition(":")[0]:
+        return spec, ""
+    model, _, tag = spec.partition(":")
+    return model, tag or ("random" if model.startswith("clipkit-") else "")
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict:
+    """Versions of python and of the packages behind a measurement, plus clipkit's git revision."""
+    out = {"python": platform.python_version()}
+    for p in _PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = None
+    out["git_revision"] = _git_revision()
+    return out
+
+
+def _jsonable(x):
+    """NaN -> None (JSON has no NaN; CLIP_benchmark's files hold NaN, which strict parsers reject)."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x.item() if hasattr(x, "item") else x
+
+
+def result_record(dataset: str, model: str, task: str, metrics: dict, config: dict | None = None,
+                  language: str = "en") -> dict:
+    """A CLIP_benchmark-style record for `model` (a clipkit spec) on `dataset` for `task`."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; CLIP_benchmark's tasks are {TASKS}")
+    name, pretrained = split_spec(model)
+    return {"dataset": dataset, "model": name, "pretrained": pretrained, "task": task,
+            "metrics": _jsonable(dict(metrics)), "language": language,
+            "config": _jsonable({"model_spec": model, **(config or {})}), "versions": versions()}
+
+
+def result_path(out_dir, dataset: str, model: str, task: str) -> Path:
+    """out_dir / RESULT_TEMPLATE, with the dataset and the model spec slugified."""
+    return Path(out_dir) / RESULT_TEMPLATE.format(dataset=slugify(dataset), model=slugify(model), task=task)
+
+
+def write_result(record: dict, out_dir) -> Path:
+    """Write a record atomically to its templated file name; returns the path."""
+    spec = record.get("config", {}).get("model_spec") or ":".join(
+        p for p in (record["model"], record["pretrained"]) if p)
+    return atomic_write_json(result_path(out_dir, record["dataset"], spec, record["task"]), record)
+
+
+def load_results(paths: str | Path | Iterable) -> list[dict]:
+    """Records from JSON files: a folder (every *.json in it), one file, or a list of files."""
+    if isinstance(paths, (str, Path)):
+        p = Path(paths)
+        paths = sorted(p.glob("*.json")) if p.is_dir() else [p]
+    records = []
+    for p in paths:
+        rec = json.loads(Path(p).read_text())
+        if not {"dataset", "model", "task", "metrics"} <= set(rec):
+            raise ValueError(f"{p} is not a result record (needs dataset, model, task, metrics)")
+        records.append({**rec, "_path": str(p)})
+    return records
+
+
+def merge_results(paths: str | Path | Iterable) -> pd.DataFrame:
+    """One row per record: dataset, model, pretrained, task, language, then one column per metric
+    (NaN where a task has no such metric), like CLIP_benchmark's `build` table."""
+    rows = [{"dataset": r["dataset"], "model": r["model"], "pretrained": r.get("pretrained", ""),
+             "task": r["task"], "language": r.get("language", "en"),
+             **{k: (float("nan") if v is None else v) for k, v in r["metrics"].items()
+                if not isinstance(v, (dict, list))}}
+            for r in load_results(paths)]
+    cols = ["dataset", "model", "pretrained", "task", "language"]
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    return pd.DataFrame(rows).sort_values(cols[:4], ignore_index=True)
