@@ -1,0 +1,279 @@
+"""Fine-grained classification probe: zero-shot vs a linear probe on the same image features, per class,
+the most-confused class pairs, and whether zero-shot confusion follows the text similarity of the names.
+
+Not a caption-choice probe (engine.py): the classes are a dataset's labels, so the spec names a dataset
+("synthetic:polygon", "synthetic:shade", "imagefolder" + root, or a torchvision name + root). Both
+classifiers read the same L2-normalised `encode_image` features of the same test images:
+
+- zero-shot: the prompt-ensembled classifier of §3.1.4 (clipkit.evaluate.zeroshot);
+- linear probe: appendix A.3's protocol, lambda swept on a stratified 20% of the train split, then
+  refit on the whole train split (clipkit.evaluate.linear_probe).
+
+"Does confusion follow text similarity": over unordered class pairs {i, j}, the Spearman correlation
+between the pair's confusion rate (items of i called j plus items of j called i, over n_i + n_j) and
+the cosine similarity of the two zero-shot classifier columns. The pairs share classes, so they are
+not independent: read the p-value as descriptive. The same statistic for the linear probe is the
+control: its confusions owe nothing to the text encoder.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from scipy import stats as sps
+from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
+
+from clipkit import stats
+from clipkit.evaluate.linear_probe import MAX_ITER, split_validation, sweep_lambda
+from clipkit.probes.engine import PROBES_DIR, SpecError, _jsonable
+
+TOP_PAIRS = 5  # confused pairs listed in the metrics
+
+
+@dataclass
+class FineGrainedSpec:
+    """A fine-grained classification probe: which dataset, prompts, how many images, the seed."""
+    name: str
+    dataset: str                    # "synthetic:<family>", "imagefolder", or a torchvision name
+    root: str | None = None         # data folder (imagefolder / torchvision); unused for synthetic
+    templates: str | list | None = None  # a name ("photo", "simple", ...), a list of "{c}" strings, or the dataset's own
+    n_train: int = 600              # training images for the probe (synthetic: generated; real: a seeded subset)
+    n_test: int = 300               # test images scored by both classifiers
+    seed: int = 0                   # synthetic scene seed, subset and validation-split seed
+    image_size: int = 72            # synthetic render size (the model's preprocess resizes)
+    description: str = ""
+
+
+FINEGRAINED_KEYS = {"name": str, "dataset": str, "root": (str, type(None)), "templates": (str, list, type(None)),
+                    "n_train": int, "n_test": int, "seed": int, "image_size": int, "description": str}
+
+
+def check_keys(d, keys: dict, required: tuple, source: str) -> dict:
+    """Validate a spec mapping against {key: type(s)} in engine.validate's style; returns a copy."""
+    if not isinstance(d, dict):
+        raise SpecError(f"{source}: a probe spec is a mapping of keys, got {type(d).__name__}")
+    unknown = sorted(set(d) - set(keys))
+    if unknown:
+        raise SpecError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(keys)}")
+    for key in required:
+        if key not in d:
+            raise SpecError(f"{source}: missing required key {key!r}")
+    for key, typ in keys.items():
+        types = typ if isinstance(typ, tuple) else (typ,)
+        if key in d and (not isinstance(d[key], types) or (isinstance(d[key], bool) and bool not in types)):
+            want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise SpecError(f"{source}: {key!r} must be {want}, got {d[key]!r}")
+    return dict(d)
+
+
+def read_spec(spec, source_default: str = "spec") -> tuple[dict, str]:
+    """(mapping, source) from a dict, a YAML path, or a name in probes/."""
+    if isinstance(spec, dict):
+        return dict(spec), source_default
+    path = Path(spec)
+    if not path.suffix:
+        path = PROBES_DIR / f"{spec}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in PROBES_DIR.glob("*.yaml"))
+        raise SpecError(f"probe spec {spec!r} not found at {path}; specs in {PROBES_DIR}: {known}")
+    try:
+        return yaml.safe_load(path.read_text()), str(path)
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from e
+
+
+def load_finegrained_spec(spec, **overrides) -> FineGrainedSpec:
+    """A validated FineGrainedSpec from a dict, YAML path or name; overrides (n_test=...) replace keys."""
+    if isinstance(spec, FineGrainedSpec):
+        spec = asdict(spec)
+    d, source = read_spec(spec)
+    if isinstance(d, dict):
+        d.update({k: v for k, v in overrides.items() if v is not None})
+    d = check_keys(d, FINEGRAINED_KEYS, ("name", "dataset"), source)
+    for key in ("n_train", "n_test", "image_size"):
+        if d.get(key, 1) < 1:
+            raise SpecError(f"{source}: {key!r} must be >= 1, got {d[key]}")
+    ds = d["dataset"]
+    if ds.startswith("synthetic"):
+        from clipkit.evaluate.datasets import FAMILIES
+        family = ds.partition(":")[2] or "shape"
+        if family not in FAMILIES:
+            raise SpecError(f"{source}: unknown synthetic family {family!r} in 'dataset'; known: {sorted(FAMILIES)}")
+    elif d.get("root") is None:
+        raise SpecError(f"{source}: dataset {ds!r} needs 'root' (the folder holding it); nothing is downloaded")
+    return FineGrainedSpec(**d)
+
+
+# --- the analysis: pure functions of features --------------------------------------------------------
+def fit_linear_probe(train_X, train_y, seed: int = 0) -> tuple[LogisticRegression, float]:
+    """Appendix A.3: lambda swept on a stratified 20% of train, refit on all of train. (classifier, lambda)."""
+    X, y = np.asarray(train_X, np.float64), np.asarray(train_y)
+    tr, va = split_validation(y, 0.2, seed)
+    sweep = sweep_lambda(X[tr], y[tr], X[va], y[va])
+    with threadpool_limits(1, user_api="blas"):  # small problems: one BLAS thread (see linear_probe.py)
+        clf = LogisticRegression(C=1.0 / sweep["lambda"], solver="lbfgs", max_iter=MAX_ITER).fit(X, y)
+    return clf, sweep["lambda"]
+
+
+def predict(clf: LogisticRegression, X) -> np.ndarray:
+    """Class ids predicted by a fitted probe for (N, d) features."""
+    with threadpool_limits(1, user_api="blas"):
+        return clf.predict(np.asarray(X, np.float64))
+
+
+def confusion(targets, pred, classes) -> pd.DataFrame:
+    """C x C counts, rows: true class, columns: predicted class."""
+    c = len(classes)
+    m = np.zeros((c, c), dtype=int)
+    np.add.at(m, (np.asarray(targets), np.asarray(pred)), 1)
+    return pd.DataFrame(m, index=pd.Index(classes, name="true"), columns=pd.Index(classes, name="predicted"))
+
+
+def pair_table(conf: pd.DataFrame, text_sim: np.ndarray) -> pd.DataFrame:
+    """One row per unordered class pair: confusions both ways, their rate over n_i + n_j, text cosine."""
+    m, classes = conf.to_numpy(), list(conf.index)
+    n = m.sum(1)
+    rows = []
+    for i in range(len(classes)):
+        for j in range(i + 1, len(classes)):
+            k = int(m[i, j] + m[j, i])
+            rows.append({"class_a": classes[i], "class_b": classes[j], "a_as_b": int(m[i, j]), "b_as_a": int(m[j, i]),
+                         "confusions": k, "n": int(n[i] + n[j]), "rate": k / max(int(n[i] + n[j]), 1),
+                         "text_cosine": float(text_sim[i, j])})
+    return pd.DataFrame(rows).sort_values(["rate", "text_cosine"], ascending=False, ignore_index=True)
+
+
+def spearman(x, y) -> dict:
+    """Spearman rho, p-value and n; NaN when either side is constant (e.g. no confusions at all)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return {"rho": float("nan"), "p_value": float("nan"), "n_pairs": int(len(x))}
+    r = sps.spearmanr(x, y)
+    return {"rho": float(r.statistic), "p_value": float(r.pvalue), "n_pairs": int(len(x))}
+
+
+@dataclass
+class FineGrainedResult:
+    """Per-item table, per-class table (both classifiers), confusions, pair table and summary."""
+    spec: FineGrainedSpec
+    model: str
+    classes: list
+    table: pd.DataFrame        # one row per test image: target, class, zs_pred, zs_correct, lp_pred, lp_correct
+    per_class: pd.DataFrame    # one row per (classifier, class): accuracy, ci_low, ci_high, n, chance
+    confusion: pd.DataFrame    # zero-shot confusion (rows: true)
+    lp_confusion: pd.DataFrame
+    pairs: pd.DataFrame        # zero-shot confusion per unordered pair with text cosine
+    summary: dict = field(default_factory=dict)
+
+    def overall(self) -> pd.DataFrame:
+        """Two rows (zero-shot, linear probe): accuracy, CI, n, chance: ready for viz.plot_breakdown."""
+        keys = ("accuracy", "ci_low", "ci_high", "n", "chance")
+        return pd.DataFrame([{"classifier": "zero-shot", **{k: self.summary[k] for k in keys}},
+                             {"classifier": "linear probe", **{k: self.summary[f"lp_{k}"] for k in keys}}])
+
+    def metrics(self) -> dict:
+        """Flat dict: zero-shot accuracy/ci/chance/n (the report index's keys), lp_*, correlations, top pairs."""
+        flat = dict(self.summary)
+        for _, r in self.per_class.iterrows():
+            flat[f"{'zs' if r['classifier'] == 'zero-shot' else 'lp'}_acc[{r['class']}]"] = r["accuracy"]
+        for k, (_, r) in enumerate(self.pairs.head(TOP_PAIRS).iterrows()):
+            flat[f"confused_pair_{k + 1}"] = f"{r['class_a']} / {r['class_b']}: {r['confusions']}/{r['n']}"
+        return flat
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write <name>.csv (per item), <name>.per_class.csv, <name>.pairs.csv and <name>.json (the record)."""
+        from clipkit.checkpoint import atomic_write_json, atomic_write_text
+        out, name = Path(out_dir), self.spec.name
+        atomic_write_text(out / f"{name}.csv", self.table.to_csv(index=False))
+        atomic_write_text(out / f"{name}.per_class.csv", self.per_class.to_csv(index=False))
+        atomic_write_text(out / f"{name}.pairs.csv", self.pairs.to_csv(index=False))
+        record = {"dataset": self.spec.dataset, "model": self.model, "task": "zeroshot_classification+linear_probe",
+                  "metrics": _jsonable(self.summary), "per_class": _jsonable(self.per_class.to_dict("records")),
+                  "confusion": _jsonable(self.confusion.to_numpy().tolist()), "classes": self.classes,
+                  "spec": _jsonable(asdict(self.spec)), "language": "en"}
+        return atomic_write_json(out / f"{name}.json", record)
+
+
+def analyse(train_X, train_y, test_X, test_y, classifier, classes, spec: FineGrainedSpec,
+            model_name: str = "") -> FineGrainedResult:
+    """The whole comparison from features: train/test image features (N, d), labels, the (d, C)
+    zero-shot classifier. Pure apart from the probe's fit; tests feed hand-made features."""
+    test_X = torch.as_tensor(np.asarray(test_X), dtype=torch.float32)
+    w = torch.as_tensor(np.asarray(classifier), dtype=torch.float32)          # (d, C)
+    y = np.asarray(test_y)
+    zs_pred = (test_X @ w).argmax(1).numpy()                                   # (N,) the 100x scale changes no argmax
+    clf, lam = fit_linear_probe(train_X, train_y, seed=spec.seed)
+    lp_pred = predict(clf, test_X.numpy())
+    chance = 1.0 / len(classes)
+    table = pd.DataFrame({"item": np.arange(len(y)), "target": y, "class": np.asarray(classes, dtype=object)[y],
+                          "zs_pred": zs_pred, "zs_correct": zs_pred == y, "lp_pred": lp_pred, "lp_correct": lp_pred == y,
+                          "chance": chance})
+    per_class = pd.concat([stats.by_factor(table, "class", correct=c).assign(classifier=name)
+                           for name, c in (("zero-shot", "zs_correct"), ("linear probe", "lp_correct"))],
+                          ignore_index=True)[["classifier", "class", "accuracy", "ci_low", "ci_high", "n", "chance",
+                                              "verdict"]]
+    text_sim = (w.T @ w).numpy()                                               # (C, C) cosines: columns are unit norm
+    conf, lp_conf = confusion(y, zs_pred, classes), confusion(y, lp_pred, classes)
+    pairs, lp_pairs = pair_table(conf, text_sim), pair_table(lp_conf, text_sim)
+    zs, lp = stats.accuracy_summary(table["zs_correct"], chance, spec.seed), \
+        stats.accuracy_summary(table["lp_correct"], chance, spec.seed)
+    rho, lp_rho = spearman(pairs["rate"], pairs["text_cosine"]), spearman(lp_pairs["rate"], lp_pairs["text_cosine"])
+    test = stats.mcnemar(table["lp_correct"], table["zs_correct"])
+    summary = {"probe": spec.name, "dataset": spec.dataset, "model": model_name, "n_classes": len(classes), **zs,
+               **{f"lp_{k}": v for k, v in lp.items()}, "lp_lambda": lam, "n_train": int(len(train_y)),
+               "lp_minus_zs": test["diff"], "mcnemar_p": test["p_value"],
+               "zs_mean_per_class": float(per_class.query("classifier == 'zero-shot'")["accuracy"].mean()),
+               "lp_mean_per_class": float(per_class.query("classifier == 'linear probe'")["accuracy"].mean()),
+               "confusion_text_spearman": rho["rho"], "confusion_text_p": rho["p_value"],
+               "confusion_text_n_pairs": rho["n_pairs"],
+               "lp_confusion_text_spearman": lp_rho["rho"], "lp_confusion_text_p": lp_rho["p_value"]}
+    return FineGrainedResult(spec, model_name, list(classes), table, per_class, conf, lp_conf, pairs, summary)
+
+
+# --- the runner ------------------------------------------------------------------------------------
+def _subset(ds, n: int, seed: int):
+    """A seeded random subset of at most n samples (the whole set when it is smaller)."""
+    if len(ds) <= n:
+        return ds
+    return torch.utils.data.Subset(ds, np.sort(np.random.default_rng(seed).choice(len(ds), n, replace=False)))
+
+
+def datasets(spec: FineGrainedSpec, transform):
+    """(train, test, classes, templates) for a spec. An image folder has no splits: a stratified,
+    seeded half of it is the test split."""
+    from clipkit.evaluate.datasets import ImageFolderClassification, SyntheticClassification, load_classification
+    if spec.dataset.startswith("synthetic"):
+        family = spec.dataset.partition(":")[2] or "shape"
+        make = lambda split, n: SyntheticClassification(family, n, spec.seed, split, transform, spec.image_size)  # noqa: E731
+        test = make("test", spec.n_test)
+        return make("train", spec.n_train), test, test.classes, test.templates
+    if spec.dataset == "imagefolder":
+        full = ImageFolderClassification(spec.root, transform=transform)
+        y = np.array([label for _, label in full.samples])
+        tr, te = split_validation(y, 0.5, spec.seed)
+        sub = torch.utils.data.Subset
+        return (_subset(sub(full, tr), spec.n_train, spec.seed), _subset(sub(full, te), spec.n_test, spec.seed),
+                full.classes, full.templates)
+    train = load_classification(spec.dataset, spec.root, split="train", transform=transform)
+    test = load_classification(spec.dataset, spec.root, split="test", transform=transform)
+    return (_subset(train, spec.n_train, spec.seed), _subset(test, spec.n_test, spec.seed), test.classes,
+            test.templates)
+
+
+def run_finegrained(spec, model, preprocess, tokenizer, model_name: str = "", cache=True,
+                    batch_size: int = 256) -> FineGrainedResult:
+    """Run a fine-grained spec (name, path, dict or FineGrainedSpec) on a loaded model."""
+    from clipkit.evaluate import extract_image_features, get_templates, zero_shot_classifier
+    spec = spec if isinstance(spec, FineGrainedSpec) else load_finegrained_spec(spec)
+    train, test, classes, own_templates = datasets(spec, preprocess)
+    templates = get_templates(spec.templates) if spec.templates is not None else (own_templates or get_templates())
+    feats = {k: extract_image_features(model, ds, batch_size=batch_size, cache=cache, progress=False)
+             for k, ds in (("train", train), ("test", test))}
+    classifier = zero_shot_classifier(model, tokenizer, classes, templates)       # (d, C)
+    return analyse(feats["train"].features.numpy(), feats["train"].targets.numpy(), feats["test"].features,
+                   feats["test"].targets.numpy(), classifier, classes, spec, model_name)
