@@ -17,24 +17,24 @@ commands:
 
 def probe_main(argv=None) -> int:
     from clipkit.models import DEFAULT_MODEL, load_model
-    from clipkit.probes import load_spec, run_probe
+    from clipkit.probes import load_any, run_any
     p = argparse.ArgumentParser(prog="clipkit probe", description="Run probe specs (probes/*.yaml) on a model.")
     p.add_argument("--model", default=DEFAULT_MODEL, help="model spec (see clipkit.models)")
     p.add_argument("--probe", action="append", help="spec name in probes/ or a YAML path (repeatable; "
-                   "default: counting and spatial)")
+                   "any kind: caption choice, fine-grained, shift; default: counting and spatial)")
     p.add_argument("--n", type=int, default=None, help="override the number of items")
     p.add_argument("--seed", type=int, default=None, help="override the item seed")
     p.add_argument("--out", default=None, help="write <probe>.csv and <probe>.json here")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    specs = [load_spec(s, n=a.n, seed=a.seed) for s in (a.probe or ["counting", "spatial"])]
+    specs = [load_any(s, n=a.n, seed=a.seed) for s in (a.probe or ["counting", "spatial"])]
     model, preprocess, tokenizer = load_model(a.model, device=a.device)
     for spec in specs:
-        r = run_probe(spec, model, preprocess, tokenizer, model_name=a.model)
-        s = r.summary
+        r = run_any(spec, model, preprocess, tokenizer, model_name=a.model)
+        s = r.metrics()
         print(f"{spec.name:24s} acc {s['accuracy']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] "
               f"chance {s['chance']:.3f} n {s['n']} ({s['verdict']})")
-        for f, df in r.breakdowns.items():
+        for f, df in getattr(r, "breakdowns", {}).items():
             print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
         if a.out:
             r.save(a.out)

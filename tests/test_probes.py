@@ -168,5 +168,8 @@ def test_every_shipped_spec_validates():
     from clipkit.probes.engine import PROBES_DIR
     specs = sorted(PROBES_DIR.glob("*.yaml"))
     assert len(specs) >= 5
+    from clipkit.probes import load_any, spec_kind
+    kinds = {spec_kind(p) for p in specs}
+    assert kinds == {"choice", "finegrained", "shift"}
     for path in specs:
-        assert load_spec(path).name == path.stem
+        assert load_any(path).name == path.stem
