@@ -1,7 +1,8 @@
 """The training configuration: one typed dataclass, named presets, CLI flags and YAML files.
 
 Precedence: dataclass defaults < --preset < --config FILE.yaml < explicit --flags. Every field has
-a comment that becomes its `--help` text; the whole config is saved with every checkpoint.
+a help string that becomes its `clipkit train --help` text; the whole config is saved with every
+run (out/config.json), every checkpoint (state.pt) and the final model (clipkit.json).
 """
 from __future__ import annotations
 
@@ -13,43 +14,102 @@ from pathlib import Path
 import yaml
 
 
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    model: str = field(default="clipkit-tiny", metadata={"help": "architecture: a clipkit preset or open_clip name"})
-    out: str = field(default="runs/clipkit-tiny", metadata={"help": "output folder (checkpoints, logs, final weights)"})
-    loss: str = field(default="clip", metadata={"help": "clip | negclip (hard negatives) | siglip"})
-    hard_negatives: int = field(default=0, metadata={"help": "hard-negative captions per image (negclip loss)"})
-    steps: int = field(default=2000, metadata={"help": "optimiser steps"})
-    batch_size: int = field(default=256, metadata={"help": "per-device batch size (global = x world size)"})
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (paper: 5e-4 for ViT-B at batch 32k)"})
-    weight_decay: float = field(default=0.2, metadata={"help": "AdamW decoupled weight decay (paper §2.5: 0.2)"})
-    beta1: float = field(default=0.9, metadata={"help": "AdamW beta1 (paper: 0.9)"})
-    beta2: float = field(default=0.98, metadata={"help": "AdamW beta2 (paper: 0.98 for ViTs, 0.999 for ResNets)"})
-    eps: float = field(default=1e-6, metadata={"help": "AdamW epsilon (paper: 1e-6 for ViTs, 1e-8 for ResNets)"})
-    warmup: int = field(default=100, metadata={"help": "linear warm-up steps before cosine decay"})
-    precision: str = field(default="fp32", metadata={"help": "fp32 | bf16 (autocast)"})
-    workers: int = field(default=1, metadata={"help": "DataLoader worker processes rendering/decoding data"})
-    seed: int = field(default=0, metadata={"help": "seed of the model init, the data order and the crops"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
-    log_every: int = field(default=50, metadata={"help": "steps between log lines (the only host syncs)"})
-    save_every: int = field(default=500, metadata={"help": "steps between resumable checkpoints (0: end only)"})
-    resume: str = field(default="", metadata={"help": "'' | auto (newest loadable checkpoint in out) | a step folder"})
-
+    # --- what to train ---
+    model: str = _f("clipkit-tiny", "architecture: a clipkit preset (clipkit-nano/tiny/small) or an open_clip "
+                    "name (ViT-B-32, RN50, ...)")
+    loss: str = _f("clip", "clip (InfoNCE) | negclip (InfoNCE + hard-negative captions) | siglip (sigmoid "
+                   "loss with a learned bias)")
+    hard_negatives: int = _f(0, "hard-negative captions per image for --loss negclip: the synthetic grammar "
+                             "swaps the count/relation/binding; real captions are perturbed by rules")
+    # --- data ---
+    data: str = _f("synthetic", "synthetic (generated scenes) | csv (a CSV/TSV of image paths and captions) | "
+                   "wds (webdataset tar shards) | noise (random inputs, for speed tests)")
+    data_path: str = _f("", "the CSV file (csv), or the shard spec '/data/{00000..00999}.tar' (wds)")
+    csv_img_key: str = _f("filepath", "CSV column holding image paths (relative paths: from the CSV's folder)")
+    csv_caption_key: str = _f("title", "CSV column holding captions")
+    csv_separator: str = _f("", "CSV separator; '' detects tab, comma, semicolon or pipe from the header")
+    wds_resample: bool = _f(True, "draw webdataset shards with replacement (else split shards over ranks "
+                            "and workers, one pass per epoch)")
+    max_bad_fraction: float = _f(0.25, "stop with an error when more than this fraction of the images read "
+                                 "was unreadable (corrupt, truncated, empty, not an image, too large): a "
+                                 "wrong folder or a broken copy, not a few dirty files")
+    workers: int = _f(1, "DataLoader worker processes per rank (decode + crop); 0 loads in the main process")
+    # --- optimisation: CLIP paper §2.5 and appendix F ---
+    steps: int = _f(2000, "optimiser steps (the cosine schedule spans them)")
+    batch_size: int = _f(256, "per-rank micro-batch; the contrastive batch is batch_size x accum_steps x ranks")
+    accum_steps: int = _f(1, "micro-batches per optimiser step. Features of all of them form one "
+                          "contrastive batch (cached, then recomputed with gradients: ~1.33x the compute)")
+    lr: float = _f(1e-3, "peak learning rate (paper: 5e-4 for ViT-B/32 at batch 32,768)")
+    weight_decay: float = _f(0.2, "AdamW decoupled weight decay on weight matrices; none on gains, biases, "
+                             "the temperature (paper: 0.2)")
+    beta1: float = _f(0.9, "AdamW beta1 (paper: 0.9)")
+    beta2: float | None = _f(None, "AdamW beta2; none = paper's choice: 0.98 for ViTs, 0.999 for ResNets")
+    eps: float | None = _f(None, "AdamW epsilon; none = paper's choice: 1e-6 for ViTs, 1e-8 for ResNets")
+    warmup: int = _f(100, "linear warm-up steps before the cosine decay to zero")
+    grad_clip_norm: float = _f(0.0, "clip the global gradient norm to this (0: no clipping, as the paper)")
+    # --- speed ---
+    precision: str = _f("fp32", "fp32 | bf16 (autocast) | fp16 (autocast + dynamic loss scaling); on CUDA, "
+                        "fp32 matmuls use TF32")
+    compile: bool = _f(False, "torch.compile the model (slower start, faster steps on GPU)")
+    grad_checkpointing: bool = _f(False, "recompute activations in the backward pass (less memory, ~30%% "
+                                  "more compute)")
+    channels_last: bool = _f(True, "channels_last memory format for convolutional image towers on CUDA "
+                             "(ignored for ViTs)")
+    device: str = _f("auto", "auto (cuda:LOCAL_RANK if available, else cpu) | cpu | cuda | cuda:N")
+    # --- guards ---
+    nonfinite: str = _f("skip", "on a non-finite loss (agreed across ranks): skip (drop the update) | stop "
+                        "(raise, naming the step and the batch's sample ids)")
+    # --- output and logging ---
+    out: str = _f("runs/clipkit-tiny", "output folder: config.json, log.jsonl, tensorboard/, checkpoints/, "
+                  "and the final model.safetensors + clipkit.json")
+    seed: int = _f(0, "seed of the model init, the data order and the crops")
+    log_every: int = _f(50, "steps between log records (the only host-device syncs)")
+    save_every: int = _f(500, "steps between resumable checkpoints (0: at the end only)")
+    keep_checkpoints: int = _f(0, "keep only the newest N checkpoints (0: keep all)")
+    resume: str = _f("", "'' (start fresh) | auto (newest loadable checkpoint in --out) | a checkpoint folder")
+    tensorboard: bool = _f(True, "write TensorBoard scalars to out/tensorboard")
+    progress: bool = _f(True, "show a progress bar (samples/s) on stderr")
+    eval_every: int = _f(0, "steps between evaluations on held-out synthetic scenes: retrieval + counting "
+                         "and spatial probes (0: never)")
+    eval_n: int = _f(200, "held-out scenes / probe items per evaluation")
 
     def __post_init__(self):
+        for f in fields(self):
+            setattr(self, f.name, _coerce(f, getattr(self, f.name)))
+        from clipkit.losses import LOSSES
         checks = [
-            (self.loss in ("clip", "negclip", "siglip"), f"loss must be clip, negclip or siglip, got {self.loss!r}"),
-            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
-            (self.batch_size >= 2, f"batch_size must be >= 2 (a contrastive batch needs negatives), got {self.batch_size}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (0 <= self.warmup, f"warmup must be >= 0, got {self.warmup}"),
-            (self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {self.precision!r}"),
-            (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
+            (self.loss in LOSSES, f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}"),
             (self.hard_negatives >= 0, f"hard_negatives must be >= 0, got {self.hard_negatives}"),
             (not (self.hard_negatives and self.loss != "negclip"),
              "hard_negatives > 0 needs --loss negclip (the other losses would ignore them)"),
+            (self.data in ("synthetic", "csv", "wds", "noise"),
+             f"data must be synthetic, csv, wds or noise, got {self.data!r}"),
+            (bool(self.data_path) or self.data not in ("csv", "wds"), f"--data {self.data} needs --data-path"),
+            (0 <= self.max_bad_fraction <= 1, f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}"),
+            (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
+            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
+            (self.batch_size >= 2, f"batch_size must be >= 2 (a contrastive batch needs negatives), "
+                                   f"got {self.batch_size}"),
+            (self.accum_steps >= 1, f"accum_steps must be >= 1, got {self.accum_steps}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.beta1 < 1 and (self.beta2 is None or 0 <= self.beta2 < 1), "betas must be in [0, 1)"),
+            (self.eps is None or self.eps > 0, f"eps must be > 0, got {self.eps}"),
+            (self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}"),
+            (self.grad_clip_norm >= 0, f"grad_clip_norm must be >= 0, got {self.grad_clip_norm}"),
+            (self.precision in ("fp32", "bf16", "fp16"),
+             f"precision must be fp32, bf16 or fp16, got {self.precision!r}"),
+            (self.nonfinite in ("skip", "stop"), f"nonfinite must be skip or stop, got {self.nonfinite!r}"),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
+            (self.save_every >= 0, f"save_every must be >= 0, got {self.save_every}"),
+            (self.keep_checkpoints >= 0, f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}"),
+            (self.eval_every >= 0 and self.eval_n >= 1, "eval_every must be >= 0 and eval_n >= 1"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -60,6 +120,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        d = {str(k).replace("-", "_"): v for k, v in d.items()}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -75,7 +136,10 @@ class TrainConfig:
             path = Path(ns.config)
             if not path.exists():
                 parser.error(f"--config {path}: no such file")
-            d.update(yaml.safe_load(path.read_text()) or {})
+            loaded = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(loaded, dict):
+                parser.error(f"--config {path}: expected a mapping of field: value")
+            d.update(loaded)
         d.update({k: v for k, v in vars(ns).items() if k not in ("preset", "config") and v is not None})
         try:
             return cls.from_dict(d)
@@ -85,25 +149,69 @@ class TrainConfig:
 
 PRESETS = {
     # the embedded default: clipkit-tiny on synthetic scenes, a few minutes on 2 CPU cores
-    "tiny": {"model": "clipkit-tiny", "steps": 2000, "batch_size": 256, "lr": 1e-3, "warmup": 100},
+    # 500 x 256 = 128k synthetic pairs: ~9 min on 2 CPU cores; see README for what it learns
+    "tiny": {"model": "clipkit-tiny", "steps": 500, "batch_size": 256, "lr": 1e-3, "warmup": 50},
     # seconds on a CPU: for tests and smoke runs
     "nano": {"model": "clipkit-nano", "steps": 20, "batch_size": 16, "lr": 1e-3, "warmup": 5,
-             "save_every": 10, "log_every": 5, "workers": 0},
+             "save_every": 10, "log_every": 5, "workers": 0, "tensorboard": False},
     # a larger synthetic model for one GPU
     "small-gpu": {"model": "clipkit-small", "steps": 20000, "batch_size": 1024, "lr": 1e-3,
                   "warmup": 500, "precision": "bf16", "workers": 8},
+    # the paper's ViT-B/32 recipe per GPU on webdataset shards (set --data-path; lr for batch 32k)
+    "vit-b-32": {"model": "ViT-B-32", "data": "wds", "batch_size": 256, "lr": 5e-4, "warmup": 2000,
+                 "steps": 100_000, "precision": "bf16", "workers": 8, "save_every": 2000,
+                 "keep_checkpoints": 3, "log_every": 100},
 }
 
 
+# --- CLI ------------------------------------------------------------------------------------
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _base_type(f) -> tuple[type, bool]:
+    """(type, optional) of a field, from its annotation string ('float | None' -> (float, True))."""
+    parts = [p.strip() for p in str(f.type).split("|")]
+    return _TYPES[next(p for p in parts if p != "None")], "None" in parts
+
+
+def _coerce(f, v):
+    """A value of the field's type: YAML reads 1e-3 as a string, the CLI gives strings."""
+    typ, optional = _base_type(f)
+    if v is None or (optional and isinstance(v, str) and v.lower() in ("none", "auto", "")):
+        if optional:
+            return None
+        raise ValueError(f"TrainConfig: {f.name} cannot be empty")
+    if typ is bool:
+        if isinstance(v, str) and v.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return v.lower() in ("true", "yes", "1", "on")
+        if not isinstance(v, (bool, int)):
+            raise ValueError(f"TrainConfig: {f.name} must be true or false, got {v!r}")
+        return bool(v)
+    try:
+        out = typ(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"TrainConfig: {f.name} must be {typ.__name__}, got {v!r}") from None
+    if typ is int and isinstance(v, float) and v != out:
+        raise ValueError(f"TrainConfig: {f.name} must be an integer, got {v!r}")
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """`clipkit train` flags: --preset, --config, and one flag per TrainConfig field with its help."""
     p = argparse.ArgumentParser(
         prog="clipkit train", description="Train a CLIP model contrastively (CLIP paper §2.3-2.5). "
-        "Precedence: defaults < --preset < --config < flags.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a named preset")
-    p.add_argument("--config", default=None, help="a YAML file of field: value")
+        "Precedence: defaults < --preset < --config < flags. One GPU: clipkit train ...; "
+        "several: torchrun --nproc_per_node N -m clipkit.train ...")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="a named preset: " + "; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
+    p.add_argument("--config", default=None, help="a YAML file of field: value (keys as below, - or _)")
     for f in fields(TrainConfig):
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=f.type if f.type in (int, float, str)
-                       else {"int": int, "float": float, "str": str}[str(f.type)], default=None,
-                       help=f"{f.metadata['help']} (default: {f.default})")
+        typ, optional = _base_type(f)
+        flag = f"--{f.name.replace('_', '-')}"
+        help_ = f"{f.metadata['help']} (default: {f.default})"
+        if typ is bool:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            p.add_argument(flag, dest=f.name, type=str if optional else typ, default=None, help=help_,
+                           metavar=typ.__name__.upper())
     return p

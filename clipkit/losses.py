@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn  # noqa: F401  (all_gather with autograd support)
 import torch.nn.functional as F
 from torch import nn
 
@@ -26,12 +25,34 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather along dim 0 whose backward hands each rank the gradient of its own rows, summed
+    over every rank's loss. That sum is the subtlety: each rank's loss uses every rank's rows, so
+    this rank's rows get gradient from all of them (a reduce-scatter of the gathered gradient)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)                                   # (ws*b, ...)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ws, rank = dist.get_world_size(), dist.get_rank()
+        grad = grad.contiguous()
+        if dist.get_backend() == "nccl":
+            out = grad.new_empty((grad.shape[0] // ws, *grad.shape[1:]))
+            dist.reduce_scatter_tensor(out, grad)
+            return out
+        grad = grad.clone()              # gloo has no reduce-scatter: all-reduce, keep my rows
+        dist.all_reduce(grad)
+        return grad.chunk(ws)[rank]
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate x from every rank along dim 0, keeping the autograd graph (identity on 1 rank)."""
+    """Concatenate x (b, ...) from every rank into (ws*b, ...), keeping gradients (identity on 1 rank)."""
     _, ws = world()
-    if ws == 1:
-        return x
-    return torch.cat(torch.distributed.nn.all_gather(x), dim=0)
+    return x if ws == 1 else _GatherWithGrad.apply(x)
 
 
 class ClipLoss(nn.Module):
@@ -53,23 +74,30 @@ class ClipLoss(nn.Module):
 
 
 class HardNegativeClipLoss(ClipLoss):
-    """NegCLIP (Yuksekgonul et al. 2023): each image's row also scores its own hard-negative captions.
+    """NegCLIP (Yuksekgonul et al. 2023, ARO §5): hard-negative captions join the text side of the logits.
 
-    neg_text_features: (b, h, d), the h false captions of each image (swapped relation, count...).
-    They join the text side of the image->text logits only (they have no image of their own).
+    neg_text_features: (b, h, d), h false captions per image (swapped relation, count, binding...);
+    neg_valid: (b, h) bool, False for padding slots (a real caption may have fewer than h).
+    As in NegCLIP's code, the negatives of the whole (global) batch are appended as extra columns
+    of the image->text logits, so every image must also rank its caption above every hard negative
+    in the batch; they have no image of their own, so the text->image direction is plain CLIP.
     """
 
-    def forward(self, image_features, text_features, logit_scale, neg_text_features=None, **_):
+    def forward(self, image_features, text_features, logit_scale, neg_text_features=None, neg_valid=None, **_):
         if neg_text_features is None:
             return super().forward(image_features, text_features, logit_scale)
         rank, ws = world()
-        b = image_features.shape[0]
+        b, h, d = neg_text_features.shape
         all_img, all_txt = gather_with_grad(image_features), gather_with_grad(text_features)
+        all_neg = gather_with_grad(neg_text_features.reshape(b * h, d))              # (ws*b*h, d)
         scale = logit_scale.exp()
-        in_batch = scale * image_features @ all_txt.T                                  # (b, ws*b)
-        own_negs = scale * torch.einsum("bd,bhd->bh", image_features, neg_text_features)  # (b, h)
+        logits_i = scale * image_features @ torch.cat([all_txt, all_neg]).T         # (b, ws*b + ws*b*h)
+        if neg_valid is not None:  # padding slots take no part: exp(-inf) = 0 in the softmax
+            valid = gather_with_grad(neg_valid.reshape(b * h).to(logits_i.dtype)) > 0
+            pad = torch.cat([torch.ones(all_txt.shape[0], dtype=torch.bool, device=valid.device), valid])
+            logits_i = logits_i.masked_fill(~pad, float("-inf"))
         labels = torch.arange(b, device=image_features.device) + rank * b
-        loss_i = F.cross_entropy(torch.cat([in_batch, own_negs], dim=1), labels)
+        loss_i = F.cross_entropy(logits_i, labels)
         loss_t = F.cross_entropy(scale * text_features @ all_img.T, labels)
         return {"contrastive_loss": (loss_i + loss_t) / 2}
 
@@ -77,8 +105,10 @@ class HardNegativeClipLoss(ClipLoss):
 class SigLipLoss(nn.Module):
     """Sigmoid loss (Zhai et al. 2023): every pair is an independent binary problem with a learned bias.
 
-    Gathers all features (with gradient) and scores my rows against all columns; normalised by the
-    global batch size as in the paper, so the sum over ranks equals the single-device loss.
+    Each rank scores its b images against the texts of every rank (gathered with gradient) and
+    divides by b: the mean of the ranks' losses, and so DDP's mean of their gradients, is then the
+    paper's single-device loss, normalised by the global batch size.
+    (The paper's init: t' = log 10 and bias -10; see the training loop's model set-up.)
     """
 
     def forward(self, image_features, text_features, logit_scale, logit_bias=None, **_):

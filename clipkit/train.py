@@ -1,15 +1,17 @@
 """Contrastive training of a CLIP model: one loop, read top to bottom (CLIP paper §2.3-2.5).
 
-    python -m clipkit.train --preset tiny --out runs/tiny            # CPU, minutes
-    torchrun --nproc_per_node 8 -m clipkit.train --preset small ...  # one node, 8 GPUs (DDP)
+    clipkit train --preset tiny --out runs/tiny                       # the embedded default, CPU
+    clipkit train --model ViT-B-32 --data csv --data-path train.csv --precision bf16 --workers 8
+    torchrun --nproc_per_node 8 -m clipkit.train --preset vit-b-32 --data-path '/data/{00000..00999}.tar'
 
 Distributed set-up comes from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); one
-`is_main` flag gates logging and saving. The loop: set-up, data, model, optimiser, then for each
-step: forward -> loss dict -> backward -> step -> clamp the temperature -> log / checkpoint.
+`is_main` flag gates logging and saving. Set-up: model, optimiser, resume, data. Then each step:
+forward -> loss dict -> backward (over accum_steps micro-batches) -> guarded update -> clamp the
+temperature -> log / checkpoint / hooks. The host reads device values only at log steps (and the
+non-finite flag one step late), so it never drains the GPU's queue of work.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -20,238 +22,274 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
 
 from clipkit import checkpoint as ck
 from clipkit.config import TrainConfig
-from clipkit.data import IndexRange, SynthCaptions, train_transform
+from clipkit.data import build_loader
 from clipkit.losses import make_loss
 from clipkit.models import create_model, save_model
+from clipkit.train_log import RunLog
+from clipkit.train_step import (MAX_LOGIT_SCALE, ContrastiveForward, LaggedFlag, adam_betas_eps,  # noqa: F401
+                                cosine_with_warmup, forward_backward, nonfinite_flag, optimizer_step,
+                                param_groups)
 
-MAX_LOGIT_SCALE = math.log(100)  # §2.5: "clipped to prevent scaling the logits by more than 100"
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float):
-    """AdamW groups: decay on weight matrices only; none on gains, biases, embeddings' scale or the
-    temperature (paper appendix F / open_clip: `p.ndim < 2 or 'bn'/'ln'/'bias'/'logit_scale' in n`)."""
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        exclude = p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n
-        (no_decay if exclude else decay).append(p)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+# config fields that may change between a run and its resumption without changing the training
+RESUMABLE_CHANGES = {"resume", "out", "workers", "device", "progress", "tensorboard", "log_every",
+                     "save_every", "keep_checkpoints", "eval_every", "eval_n", "steps", "nonfinite"}
 
 
-def cosine_with_warmup(warmup: int, total: int):
-    """Linear warm-up to the base lr over `warmup` steps, then cosine decay to 0 at `total` (§2.5)."""
-    def f(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return f
+class NonFiniteLoss(RuntimeError):
+    """--nonfinite stop: the loss was NaN or inf; the message names the step and the batch's samples."""
 
 
-def rng_state() -> dict:
-    """Every RNG a step touches, as tensors and plain values (loadable with weights_only=True)."""
-    st = {"python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
-          "numpy": np.random.get_state()[1].tolist(), "numpy_pos": int(np.random.get_state()[2]),
-          "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
+class TooManyBadSamples(RuntimeError):
+    """More than --max-bad-fraction of the images read were unreadable."""
 
 
-def set_rng_state(st: dict) -> None:
-    random.setstate((3, tuple(st["python"]), st["python_pos"]))
-    np.random.set_state(("MT19937", np.array(st["numpy"], dtype=np.uint32), st["numpy_pos"], 0, 0.0))
-    torch.set_rng_state(st["torch"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+def setup_distributed(cfg: TrainConfig):
+    """(ddp, rank, world_size, device, created_group) from torchrun's environment.
 
-
-def find_resume(out: Path) -> Path | None:
-    """The newest checkpoint folder under out/checkpoints whose state file loads; skips broken ones."""
-    for d in sorted((out / "checkpoints").glob("step_*"), reverse=True):
-        try:
-            ck.load_state(d / "state.pt")
-            return d
-        except Exception as e:  # truncated by a crash mid-copy, or deleted weights
-            print(f"[clipkit] skipping unreadable checkpoint {d}: {e}", file=sys.stderr)
-    return None
-
-
-class ContrastiveForward(torch.nn.Module):
-    """Wraps a CLIP model so one call returns the loss's arguments (and DDP sees one forward).
-
-    forward(images (B,3,S,S), texts (B,L), neg_texts (B,H,L) | None) -> dict of loss arguments.
+    NCCL between GPUs, gloo between CPU processes; each process drives the GPU of its LOCAL_RANK.
     """
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images, texts, neg_texts=None):
-        m = self.model
-        out = {"image_features": m.encode_image(images, normalize=True), "logit_scale": m.logit_scale}
-        if neg_texts is not None:
-            b, h, L = neg_texts.shape
-            feats = m.encode_text(torch.cat([texts, neg_texts.reshape(b * h, L)]), normalize=True)
-            out["text_features"], out["neg_text_features"] = feats[:b], feats[b:].reshape(b, h, -1)
-        else:
-            out["text_features"] = m.encode_text(texts, normalize=True)       # (B, d)
-        if getattr(m, "logit_bias", None) is not None:
-            out["logit_bias"] = m.logit_bias
-        return out
-
-
-def to_device(batch: dict, device) -> tuple:
-    """(images, texts, neg_texts | None) on the device, copied asynchronously from pinned memory."""
-    neg = batch.get("neg_text")
-    return (batch["image"].to(device, non_blocking=True), batch["text"].to(device, non_blocking=True),
-            None if neg is None else neg.to(device, non_blocking=True))
+    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    want = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device.replace("auto", "cpu")
+    device = torch.device(want)
+    if device.type == "cuda":
+        device = torch.device("cuda", device.index if device.index is not None else local_rank)
+        torch.cuda.set_device(device)
+    created = ddp and not dist.is_initialized()
+    if created:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    return ddp, rank, world_size, device, created
 
 
 def train(cfg: TrainConfig, hooks=()) -> Path:
-    """Run training as configured; returns the output folder (a loadable clipkit checkpoint)."""
-    # --- distributed set-up from torchrun's environment ------------------------------------
-    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if ddp and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    """Run training as configured; returns the output folder (a loadable clipkit model folder)."""
+    # --- distributed set-up, seeds ---------------------------------------------------------
+    ddp, rank, world_size, device, own_group = setup_distributed(cfg)
     is_main = rank == 0
-    device = torch.device(cfg.device if cfg.device != "auto" else
-                          (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     out = Path(cfg.out)
     random.seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
-    torch.manual_seed(cfg.seed + rank)   # per-rank crops; the model is built from cfg.seed below
+    torch.manual_seed(cfg.seed + rank)   # the model init below uses cfg.seed alone: the same on every rank
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True   # fp32 matmuls on tensor cores (as open_clip)
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
 
-    # --- model, data, optimiser ------------------------------------------------------------
-    model, _, _ = create_model(cfg.model, seed=cfg.seed,
-                               **({"init_logit_bias": -10.0} if cfg.loss == "siglip" else {}))
-    model.to(device)
-    import open_clip
-    tokenizer = open_clip.get_tokenizer(cfg.model)
-    image_size = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) \
-        else model.visual.image_size
-    total_samples = cfg.steps * cfg.batch_size * world_size
-    dataset = SynthCaptions(total_samples, tokenizer, train_transform(image_size), seed=cfg.seed,
-                            hard_negatives=cfg.hard_negatives,
-                            render_size=int(round(image_size * 1.125)))
-    loss_fn = make_loss(cfg.loss)
-    fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                  betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **({"fused": True} if fused else {}))
+    # --- model -----------------------------------------------------------------------------
+    # CLIP §2.5 initialises the temperature to 0.07 (open_clip's default); SigLIP §3 uses scale 10, bias -10
+    siglip = {"init_logit_scale": math.log(10), "init_logit_bias": -10.0} if cfg.loss == "siglip" else {}
+    model, _, _ = create_model(cfg.model, seed=cfg.seed, **siglip)
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
+    from open_clip.transformer import VisionTransformer
+    channels_last = cfg.channels_last and device.type == "cuda" and not isinstance(model.visual, VisionTransformer)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    size = model.visual.image_size
+    image_size = size if isinstance(size, int) else size[0]
+
+    # --- optimiser, schedule, precision (§2.5, appendix F) ---------------------------------
+    betas, eps = adam_betas_eps(model, cfg.beta1, cfg.beta2, cfg.eps)
+    # fused: one kernel for all parameters (CUDA and CPU), and it can skip a step on the device
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=betas, eps=eps,
+                                  fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(cfg.warmup, cfg.steps))
-    start_step = 0
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
 
-    # --- resume: weights, optimiser, schedule, RNGs, data position ------------------------
-    resume = find_resume(out) if cfg.resume == "auto" else (Path(cfg.resume) if cfg.resume else None)
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+    loss_fn = make_loss(cfg.loss)
+    global_batch = cfg.batch_size * cfg.accum_steps * world_size   # one contrastive batch
+
+    # --- resume: weights, optimiser, schedule, scaler, RNGs, data position -----------------
+    start_step, position = 0, 0
+    counters = {"bad_samples": 0, "read": 0, "skipped_steps": 0}
+    resume = ck.find_resume(out) if cfg.resume == "auto" else (Path(cfg.resume) if cfg.resume else None)
     if resume is not None:
-        from clipkit.models import load_weights
-        load_weights(model, resume / "model.safetensors")
-        state = ck.load_state(resume / "state.pt")
+        weights, state = ck.load_checkpoint(resume)
+        model.load_state_dict(weights)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
-        start_step = int(state["step"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        ck.set_rng_state(state["rng"][rank % len(state["rng"])])
+        start_step, position = int(state["step"]), int(state["position"])
+        counters.update(state.get("counters", {}))
+        changed = {k: (v, getattr(cfg, k)) for k, v in state["config"].items()
+                   if k not in RESUMABLE_CHANGES and hasattr(cfg, k) and getattr(cfg, k) != v}
         if is_main:
-            print(f"[clipkit] resumed from {resume} at step {start_step}", file=sys.stderr)
+            print(f"[clipkit] resumed from {resume} at step {start_step} (sample {position})"
+                  + (f"; config changed since: {changed}" if changed else ""), file=sys.stderr)
+
+    # --- wrap: one forward returning the loss's arguments; DDP; compile ---------------------
     train_model = ContrastiveForward(model)
     if ddp:
+        # buffers (the causal mask) never change: no need to broadcast them every forward
         train_model = torch.nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[local_rank] if device.type == "cuda" else None)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.workers,
-                        sampler=IndexRange(start_step * cfg.batch_size * world_size,
-                                           total_samples - start_step * cfg.batch_size * world_size,
-                                           rank, world_size),
-                        pin_memory=device.type == "cuda", drop_last=True,
-                        persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+            train_model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
 
-    # --- logging ---------------------------------------------------------------------------
-    log = None
+    # --- data: this rank's micro-batches, from the resumed position --------------------------
+    import open_clip
+    loader = build_loader(cfg, open_clip.get_tokenizer(cfg.model), image_size, model.context_length, rank,
+                          world_size, first=position, num_batches=(cfg.steps - start_step) * cfg.accum_steps,
+                          pin_memory=device.type == "cuda")
+
+    # --- logging (main process only) -------------------------------------------------------
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         ck.atomic_write_json(out / "config.json", cfg.to_dict())
-        log = open(out / "log.jsonl", "a")
-    t0, seen = time.perf_counter(), 0
+    log = RunLog(out if is_main else None, cfg.tensorboard, cfg.progress, total=cfg.steps, initial=start_step,
+                 unit_per_step=global_batch)
 
-    # --- the loop --------------------------------------------------------------------------
+    def save(step: int) -> None:
+        """A resumable checkpoint: weights + the full training state (every rank's RNGs)."""
+        rngs = [ck.rng_state()]
+        if ddp:
+            rngs = [None] * world_size
+            dist.all_gather_object(rngs, ck.rng_state())
+        if is_main:
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "scaler": scaler.state_dict() if scaler is not None else {}, "rng": rngs, "step": step,
+                     "position": position + (step - start_step) * global_batch, "counters": dict(counters),
+                     "config": cfg.to_dict(), "versions": versions()}
+            weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            ck.save_checkpoint(ck.step_dir(out, step), weights, state)
+            ck.prune_checkpoints(out, cfg.keep_checkpoints)
+
+    # --- the loop ----------------------------------------------------------------------------
+    params = [p for p in model.parameters() if p.requires_grad]
+    guard = LaggedFlag(device)                      # reads each step's non-finite flag a step late
+    zero = torch.zeros((), device=device)
+    loss_sum, ok_steps, skipped = zero.clone(), zero.clone(), zero + counters["skipped_steps"]
+    bad_new = read_new = 0                          # host-side counts since the last log record
+    t_log, step_log = time.perf_counter(), start_step
+    batches = iter(loader)
     model.train()
-    step = start_step
-    for batch in loader:
-        with autocast:
-            model_out = train_model(*to_device(batch, device))
-            losses = loss_fn(**model_out)
-            total = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        scheduler.step()
-        with torch.no_grad():  # §2.5: the temperature is clipped so logits are scaled by at most 100
-            model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-        step += 1
-        seen += batch["image"].shape[0] * world_size
+    try:
+        for step in range(start_step + 1, cfg.steps + 1):      # step = updates done after this one
+            micro = [next(batches) for _ in range(cfg.accum_steps)]
+            optimizer.zero_grad(set_to_none=True)
+            loss = forward_backward(train_model, loss_fn, micro, device, autocast, scaler, channels_last)
+            bad = nonfinite_flag(loss, ddp)                    # agreed across ranks
+            save_now = cfg.save_every and step % cfg.save_every == 0
+            log_now = step % cfg.log_every == 0 or step == cfg.steps or save_now     # counters go in checkpoints
+            grad_norm = optimizer_step(optimizer, params, bad, scaler, cfg.grad_clip_norm, want_norm=log_now)
+            scheduler.step()
+            with torch.no_grad():  # §2.5: the temperature is clipped so logits are scaled by at most 100
+                model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            loss_sum += torch.where(bad > 0, zero, loss.float())
+            ok_steps += 1 - bad
+            skipped += bad
+            for b in micro:                                    # CPU tensors from the loader: no sync
+                n_bad = int(b["bad"].sum())
+                bad_new, read_new = bad_new + n_bad, read_new + len(b["text"]) + n_bad
+            fired = guard.push(step, bad, [b.get("index", b.get("key")) for b in micro])
+            if fired:
+                on_nonfinite(cfg, *fired, rank, log)
+            log.advance()
 
-        if is_main and (step % cfg.log_every == 0 or step == cfg.steps):
-            rate = seen / (time.perf_counter() - t0)
-            rec = {"step": step, "loss": round(total.item(), 5), "lr": scheduler.get_last_lr()[0],
-                   "temperature": round(1 / model.logit_scale.exp().item(), 5),
-                   "samples_per_s": round(rate, 1)}
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-            print(f"[clipkit] step {step}/{cfg.steps} loss {rec['loss']:.4f} lr {rec['lr']:.2e} "
-                  f"T {rec['temperature']:.4f} {rate:.0f} samples/s", file=sys.stderr, flush=True)
-        for hook in hooks:
-            hook(step=step, model=model, is_main=is_main)
-        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-            _save_checkpoint(out, model, optimizer, scheduler, step, cfg, is_main, world_size)
+            if log_now:   # the only place the host waits for the device
+                stats = torch.stack([loss_sum, ok_steps, torch.tensor(float(bad_new), device=device),
+                                     torch.tensor(float(read_new), device=device)])
+                if ddp:
+                    dist.all_reduce(stats)
+                lsum, n_ok, n_bad, n_read = stats.tolist()
+                counters["bad_samples"] += int(n_bad)
+                counters["read"] += int(n_read)
+                counters["skipped_steps"] = int(skipped.item())
+                now = time.perf_counter()
+                # loss: the mean over the steps since the last record (skipped steps left out)
+                rec = {"step": step, "loss": round(lsum / n_ok, 5) if n_ok else None,
+                       "lr": scheduler.get_last_lr()[0],
+                       "temperature": round(math.exp(-model.logit_scale.item()), 5),
+                       "samples_per_s": round((step - step_log) * global_batch / (now - t_log), 1),
+                       "grad_norm": round(float(grad_norm), 4) if grad_norm is not None else None,
+                       **counters, "bad_fraction": round(counters["bad_samples"] / max(1, counters["read"]), 5)}
+                if getattr(model, "logit_bias", None) is not None:
+                    rec["logit_bias"] = round(model.logit_bias.item(), 4)
+                log.record(rec)
+                if not log.bar:
+                    loss_text = "nan" if rec["loss"] is None else f"{rec['loss']:.4f}"
+                    log.say(f"step {step}/{cfg.steps} loss {loss_text} lr {rec['lr']:.2e} "
+                            f"T {rec['temperature']:.4f} {rec['samples_per_s']:.0f} samples/s")
+                check_bad_fraction(cfg, counters)
+                loss_sum.zero_()
+                ok_steps.zero_()
+                bad_new = read_new = 0
+                t_log, step_log = time.perf_counter(), step
+            if save_now and step < cfg.steps:
+                save(step)
+            for hook in hooks:
+                metrics = hook(step=step, model=model, is_main=is_main)
+                if metrics:
+                    log.record({"step": step, **metrics}, prefix="eval")
+        fired = guard.pop()
+        if fired:
+            on_nonfinite(cfg, *fired, rank, log)
 
-    # --- final weights: a loadable clipkit checkpoint folder --------------------------------
-    if is_main:
-        _save_checkpoint(out, model, optimizer, scheduler, step, cfg, is_main, world_size)
-        save_model(model, out, arch=cfg.model, extra={"config": cfg.to_dict(), "step": step,
-                                                      "versions": versions()})
+        # --- the end: last checkpoint, and the final weights as a loadable model folder --------
+        save(cfg.steps)
+        if is_main:
+            save_model(model, out, arch=cfg.model, extra={"config": cfg.to_dict(), "step": cfg.steps,
+                                                          "versions": versions(), **counters})
+            log.say(f"done: {cfg.steps} steps ({counters['skipped_steps']} skipped: non-finite loss); "
+                    f"{counters['bad_samples']} unreadable images skipped of {counters['read']} read; "
+                    f"model in {out}")
+    finally:
         log.close()
-    if ddp:
+    if own_group:
         dist.barrier()
+        dist.destroy_process_group()
     return out
 
 
-def _save_checkpoint(out, model, optimizer, scheduler, step, cfg, is_main, world_size):
-    """Weights (safetensors) + full training state (weights_only-loadable), each written atomically."""
-    rngs = [rng_state()]
-    if world_size > 1:
-        gathered = [None] * world_size
-        dist.all_gather_object(gathered, rng_state())
-        rngs = gathered
-    if not is_main:
-        return
-    d = out / "checkpoints" / f"step_{step:07d}"
-    ck.save_safetensors_atomic({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                               d / "model.safetensors")
-    ck.save_state_atomic({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                          "rng": rngs if world_size > 1 else rngs[0], "step": step,
-                          "config": cfg.to_dict(), "versions": versions()}, d / "state.pt")
+def on_nonfinite(cfg: TrainConfig, step: int, ids, rank: int, log: RunLog) -> None:
+    """Apply --nonfinite to a step whose loss was NaN/inf on some rank (its update was already skipped)."""
+    flat = [x for part in ids for x in (part.tolist() if torch.is_tensor(part) else list(part))]
+    if cfg.nonfinite == "stop":
+        raise NonFiniteLoss(
+            f"step {step}: the loss is not finite (NaN or inf) on at least one rank; stopping (--nonfinite "
+            f"stop). Samples of this step on rank {rank}: {flat}. The update was not applied; resume from the "
+            f"last checkpoint with --resume auto, e.g. with a lower --lr or --grad-clip-norm 1.")
+    log.say(f"step {step}: non-finite loss, update skipped (--nonfinite skip); samples: {flat[:16]}"
+            f"{' ...' if len(flat) > 16 else ''}")
+
+
+def check_bad_fraction(cfg: TrainConfig, counters: dict) -> None:
+    """Stop when too many images were unreadable: the data is broken, not just a little dirty."""
+    bad, read = counters["bad_samples"], counters["read"]
+    if bad and bad > cfg.max_bad_fraction * read:
+        raise TooManyBadSamples(
+            f"{bad} of {read} images read ({bad / read:.1%}) were unreadable, more than --max-bad-fraction "
+            f"{cfg.max_bad_fraction}; the first few are named above. Check the data (paths, a truncated "
+            f"copy), or raise --max-bad-fraction.")
 
 
 def versions() -> dict:
     import open_clip
+
     import clipkit
-    return {"clipkit": clipkit.__version__, "torch": torch.__version__, "open_clip": open_clip.__version__,
-            "python": sys.version.split()[0]}
+    # plain str: torch.__version__ is a TorchVersion, which a weights_only load refuses
+    return {"clipkit": str(clipkit.__version__), "torch": str(torch.__version__),
+            "open_clip": str(open_clip.__version__), "python": sys.version.split()[0]}
 
 
 def main(argv=None) -> int:
+    """`clipkit train ...` / `python -m clipkit.train ...` / `torchrun ... -m clipkit.train ...`."""
     cfg = TrainConfig.from_argv(argv)
-    out = train(cfg)
-    print(out)
+    hooks = []
+    if cfg.eval_every:
+        from clipkit.train_hooks import EvalHook
+        hooks.append(EvalHook(cfg.model, cfg.eval_every, cfg.eval_n))
+    out = train(cfg, hooks)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(out)
     return 0
 
 

@@ -51,3 +51,49 @@ def test_siglip_loss_equals_hand_computation():
             y = 1 if i == j else -1
             want -= math.log(1 / (1 + math.exp(-y * z)))
     assert abs(got - want / 2) < 1e-5
+
+
+def test_negclip_batch_negatives_join_every_image_row_by_hand():
+    img, txt = _feats(b=2, d=4)
+    g = torch.Generator().manual_seed(7)
+    negs = torch.nn.functional.normalize(torch.randn(2, 1, 4, generator=g), dim=-1)   # one per caption
+    scale = torch.tensor(math.log(5.0))
+    got = HardNegativeClipLoss()(img, txt, scale, neg_text_features=negs)["contrastive_loss"].item()
+    cols = [txt[0], txt[1], negs[0, 0], negs[1, 0]]          # both captions, then both negatives
+    ce_i = [-5 * float(img[i] @ txt[i]) + math.log(sum(math.exp(5 * float(img[i] @ c)) for c in cols))
+            for i in range(2)]
+    ce_t = [-5 * float(img[j] @ txt[j]) + math.log(sum(math.exp(5 * float(img[i] @ txt[j])) for i in range(2)))
+            for j in range(2)]
+    assert abs(got - (sum(ce_i) / 2 + sum(ce_t) / 2) / 2) < 1e-5
+
+
+def test_negclip_padding_slots_are_ignored():
+    img, txt = _feats(b=3, d=4)
+    g = torch.Generator().manual_seed(3)
+    negs = torch.nn.functional.normalize(torch.randn(3, 2, 4, generator=g), dim=-1)
+    valid = torch.tensor([[True, False], [True, False], [True, False]])
+    scale = torch.tensor(2.0)
+    masked = HardNegativeClipLoss()(img, txt, scale, neg_text_features=negs, neg_valid=valid)["contrastive_loss"]
+    only_first = HardNegativeClipLoss()(img, txt, scale, neg_text_features=negs[:, :1])["contrastive_loss"]
+    assert torch.allclose(masked, only_first)
+
+
+def test_clip_and_siglip_match_open_clip_reference():
+    from open_clip.loss import ClipLoss as RefClip
+    from open_clip.loss import SigLipLoss as RefSig
+    img, txt = _feats(b=5, d=8)
+    t, bias = torch.tensor(math.log(1 / 0.07)), torch.tensor(-3.0)
+    # open_clip's losses take the scale itself (exp of the learned log-scale)
+    assert torch.allclose(ClipLoss()(img, txt, t)["contrastive_loss"], RefClip()(img, txt, t.exp()))
+    assert torch.allclose(SigLipLoss()(img, txt, t, logit_bias=bias)["contrastive_loss"],
+                          RefSig()(img, txt, t.exp(), bias))
+
+
+def test_losses_are_chosen_by_name():
+    import pytest
+
+    from clipkit.losses import LOSSES, make_loss
+    assert set(LOSSES) == {"clip", "negclip", "siglip"}
+    assert isinstance(make_loss("siglip"), SigLipLoss)
+    with pytest.raises(ValueError, match="unknown loss"):
+        make_loss("triplet")

@@ -1,0 +1,141 @@
+"""Webdataset tar shards (.jpg/.png/.webp + .txt per sample key) as an endless training stream.
+
+    --data wds --data-path '/data/shards/{00000..00999}.tar'
+
+Each (rank, DataLoader worker) pair reads its own stream, so the global batch never repeats a
+stream. With `resample` (the default, as open_clip's --dataset-resampled) each stream draws shards
+at random with replacement; without it the shard list is split across ranks and then workers
+(rank-major), and each stream loops over its own shards in a fresh order every epoch, so it needs
+at least world_size x workers shards. Streams are endless either way: no rank can run dry while
+another still waits for it in a collective. The training loop takes exactly `steps` batches.
+
+Resume: the streams are re-seeded from (seed, rank, worker, samples already consumed), so a
+resumed run reads fresh data rather than replaying its first shards; unlike the map-style
+datasets it is not a replay of the uninterrupted run.
+
+Unreadable shards (missing, truncated tar) and unreadable samples (corrupt image, no caption) are
+skipped and counted in the next item's `bad` field, like `CsvCaptions`.
+"""
+from __future__ import annotations
+
+import io
+import random
+import sys
+
+import numpy as np
+from torch.utils.data import IterableDataset, get_worker_info
+
+from clipkit.data import BadImageError, negatives_item, safe_open_image, sample_seed, seeded
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+SHUFFLE_BUFFER = 1000  # samples mixed across shards (open_clip: _SHARD_SHUFFLE_SIZE 2000 / 5000)
+
+
+def expand_urls(spec: str) -> list[str]:
+    """Brace-expand a shard spec ('a/{000..009}.tar'); '::' joins several specs."""
+    import braceexpand
+    return [u for part in str(spec).split("::") for u in braceexpand.braceexpand(part)]
+
+
+class WdsCaptions(IterableDataset):
+    """Endless image-caption stream from tar shards; items as the map-style datasets in clipkit.data."""
+
+    def __init__(self, urls, tokenizer, transform, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 position: int = 0, resample: bool = True, hard_negatives: int = 0,
+                 shuffle_buffer: int = SHUFFLE_BUFFER):
+        self.urls = expand_urls(urls) if isinstance(urls, str) else list(urls)
+        if not self.urls:
+            raise ValueError(f"no shards in {urls!r}")
+        self.tokenizer, self.transform, self.seed, self.h = tokenizer, transform, seed, hard_negatives
+        self.rank, self.world_size, self.position, self.resample = rank, world_size, position, resample
+        self.shuffle_buffer = shuffle_buffer
+        self.bad = 0          # unreadable samples/shards since the last yielded item (per worker)
+        self.reported = 0
+
+    def _on_error(self, exn: Exception) -> bool:
+        """webdataset's handler: count, name the first few on stderr, and carry on."""
+        self.bad += 1
+        if self.reported < 5:
+            self.reported += 1
+            print(f"[clipkit] skipping unreadable shard data: {type(exn).__name__}: {exn}", file=sys.stderr)
+        return True
+
+    def _shards(self, rng: random.Random, worker: int, workers: int):
+        """Endless {"url": ...} dicts for this (rank, worker) stream."""
+        if self.resample:
+            while True:
+                yield {"url": rng.choice(self.urls)}
+        streams = self.world_size * workers
+        mine = self.urls[self.rank * workers + worker::streams]
+        if not mine:
+            raise ValueError(f"{len(self.urls)} shards cannot feed {self.world_size} ranks x {workers} "
+                             f"workers without resampling; add shards, lower --workers, or use "
+                             f"--wds-resample")
+        while True:
+            order = list(mine)
+            rng.shuffle(order)
+            yield from ({"url": u} for u in order)
+
+    def _decode(self, sample: dict, crop_seed: int) -> dict:
+        ext = next((e for e in IMAGE_EXTS if e in sample), None)
+        if ext is None or "txt" not in sample:
+            raise BadImageError(f"{sample.get('__url__')}:{sample.get('__key__')}: sample has no "
+                                f"{'image' if ext is None else '.txt caption'} (files: {sorted(sample)})")
+        f = io.BytesIO(sample[ext])
+        f.name = f"{sample.get('__url__')}:{sample.get('__key__')}.{ext}"   # named in any error message
+        img = safe_open_image(f)
+        caption = sample["txt"].decode("utf-8", errors="replace").strip()
+        item = {"image": seeded(self.transform, img, crop_seed),
+                "text": self.tokenizer([caption])[0], "key": str(sample.get("__key__")), "bad": self.bad}
+        if self.h:
+            from clipkit.data_negatives import perturb_caption
+            rng = np.random.default_rng(crop_seed)
+            item.update(negatives_item(self.tokenizer, perturb_caption(caption, rng, self.h), self.h))
+        return item
+
+    def __iter__(self):
+        import webdataset as wds
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        rng = random.Random(sample_seed(self.seed, self.rank, worker, self.position))
+        samples = wds.tarfile_samples(self._shards(rng, worker, workers), handler=self._on_error)
+        buffer, n = [], 0
+        for sample in samples:
+            # a shuffle buffer: shards are read sequentially, so mix samples across the last few
+            if self.shuffle_buffer:
+                if len(buffer) < self.shuffle_buffer:
+                    buffer.append(sample)
+                    continue
+                j = rng.randrange(len(buffer))
+                sample, buffer[j] = buffer[j], sample
+            try:
+                item = self._decode(sample, sample_seed(self.seed, self.rank, worker, self.position, n))
+            except BadImageError as e:
+                self._on_error(e)
+                continue
+            n += 1
+            self.bad = 0
+            yield item
+
+
+def write_shards(samples, pattern: str, per_shard: int = 100) -> list[str]:
+    """Write (key, image bytes, ext, caption) tuples as tar shards `pattern % i`; returns the paths.
+
+    A small writer for tests and examples (webdataset's ShardWriter does the same at scale).
+    """
+    import tarfile
+    paths, tar = [], None
+    for n, (key, data, ext, caption) in enumerate(samples):
+        if n % per_shard == 0:
+            if tar:
+                tar.close()
+            paths.append(pattern % len(paths))
+            tar = tarfile.open(paths[-1], "w")
+        for name, payload in ((f"{key}.{ext}", data), (f"{key}.txt", caption.encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    if tar:
+        tar.close()
+    return paths
+
