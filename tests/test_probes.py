@@ -173,3 +173,19 @@ def test_every_shipped_spec_validates():
     assert kinds == {"choice", "finegrained", "shift"}
     for path in specs:
         assert load_any(path).name == path.stem
+
+
+def test_spatial_items_come_in_mirrored_pairs_and_pair_scores_need_both():
+    import pandas as pd
+    from clipkit import synth
+    from clipkit.probes.engine import FAMILIES
+    from clipkit.probes.spatial import pair_scores
+    items = FAMILIES["spatial"](load_spec("spatial", n=8))
+    for first, second in zip(items[::2], items[1::2]):
+        assert first.factors["pair"] == second.factors["pair"]
+        assert synth.INVERSE[first.factors["relation"]] == second.factors["relation"]
+        assert (first.factors["a"], first.factors["b"]) == (second.factors["a"], second.factors["b"])
+    t = pd.DataFrame({"pair": [0, 0, 1, 1, 2, 2], "correct": [True, True, True, False, False, False],
+                      "chance": [0.25] * 6})
+    s = pair_scores(t)
+    assert s["pair_accuracy"] == pytest.approx(1 / 3) and s["pair_n"] == 3 and s["pair_chance"] == 1 / 16

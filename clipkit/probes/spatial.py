@@ -1,4 +1,4 @@
-"""Spatial relations probe: left of / right of / above / below between two objects.
+"""Spatial relations probe: left of / right of / above / below between two objects, in mirrored pairs.
 
 mode "relation" (What'sUp-style, Kamath et al. 2023): 4-way choice among captions that differ only
 in the relation word. mode "swap" (ARO-style, Yuksekgonul et al. 2023): 2-way choice between the
@@ -6,6 +6,8 @@ true caption and the one with the two objects swapped ("a red circle left of a b
 "a blue square left of a red circle").
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pandas as pd
 
@@ -27,17 +29,42 @@ def items(spec: ProbeSpec) -> list[Item]:
         raise ValueError(f"spatial: 'mode' must be 'relation' or 'swap', got {o['mode']!r}")
     out = []
     for i in range(spec.n):
-        rel = rels[i % len(rels)]
-        scene = synth.make_relation_scene(spec.seed * SEED_STRIDE + i, relation=rel)
+        # items come in mirrored pairs: item 2p+1 is item 2p with the two objects' places swapped,
+        # so its relation is the inverse one (What'sUp's "pair" score needs both answered right)
+        pair, mirrored = divmod(i, 2)
+        rel = rels[pair % len(rels)]
+        scene = synth.make_relation_scene(spec.seed * SEED_STRIDE + pair, relation=rel)
+        if mirrored and synth.INVERSE[rel] in rels:
+            scene = mirror(scene)
+        rel = scene.facts["relation"]
         a, b = scene.facts["a"], scene.facts["b"]
         if o["mode"] == "relation":
             captions, answer = [synth.relation_caption(a, r, b) for r in rels], rels.index(rel)
         else:
             captions, answer = [synth.relation_caption(a, rel, b), synth.relation_caption(b, rel, a)], 0
         out.append(Item(synth.render(scene, size=o["image_size"]), [o["template"].format(c) for c in captions],
-                        answer, {"relation": rel, "a": " ".join(a), "b": " ".join(b)}))
+                        answer, {"relation": rel, "pair": pair, "a": " ".join(a), "b": " ".join(b)}))
     return out
 
+
+def mirror(scene: synth.Scene) -> synth.Scene:
+    """The same two objects with their places exchanged: A <relation> B becomes A <inverse> B."""
+    a, b = scene.objects
+    a2, b2 = replace(a, x=b.x, y=b.y), replace(b, x=a.x, y=a.y)
+    return replace(scene, objects=(a2, b2), facts={**scene.facts, "relation": synth.INVERSE[scene.facts["relation"]]})
+
+
+def pair_scores(table: pd.DataFrame) -> dict:
+    """What'sUp's pair score: the fraction of mirrored pairs with both members answered right.
+
+    Chance is the product of the members' chance levels (independent guesses), e.g. 1/16 for
+    4-way items; the bootstrap CI resamples pairs. Pairs with a missing member are left out.
+    """
+    from clipkit import stats
+    grouped = table.groupby("pair").filter(lambda g: len(g) == 2).groupby("pair")
+    both = grouped["correct"].all()
+    chance = grouped["chance"].prod()
+    return {f"pair_{k}": v for k, v in stats.accuracy_summary(both, chance).items()}
 
 def relation_confusion(table: pd.DataFrame) -> pd.DataFrame:
     """Counts of (true relation, chosen relation) for a mode="relation" result table."""
