@@ -12,7 +12,7 @@ from clipkit.probes import binding, counting, jsonl, spatial  # noqa: E402,F401 
 
 def spec_kind(spec) -> str:
     """'shift', 'finegrained' or 'choice' for a spec given as a name, path or dict."""
-    from clipkit.probes.finegrained import read_spec
+    from clipkit.probes.engine import read_spec
     d, _ = read_spec(spec)
     if not isinstance(d, dict):
         raise SpecError(f"{spec}: a probe spec is a mapping of keys")

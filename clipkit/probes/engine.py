@@ -92,25 +92,30 @@ def validate(d: dict, source: str = "spec") -> ProbeSpec:
     return ProbeSpec(**{**d, "options": opts})
 
 
+def read_spec(spec, source_default: str = "spec") -> tuple[dict, str]:
+    """(mapping, source) from a dict, a YAML path, or a name in probes/ ('counting' -> probes/counting.yaml)."""
+    if isinstance(spec, dict):
+        return dict(spec), source_default
+    path = Path(spec)
+    if not path.suffix:
+        path = PROBES_DIR / f"{spec}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in PROBES_DIR.glob("*.yaml"))
+        raise SpecError(f"probe spec {spec!r} not found at {path}; specs in {PROBES_DIR}: {known}")
+    try:
+        return yaml.safe_load(path.read_text()), str(path)
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from e
+
+
 def load_spec(spec: str | Path | dict, **overrides) -> ProbeSpec:
     """A validated spec from a dict, a YAML path, or a name in probes/ ('counting' -> probes/counting.yaml).
 
     Keyword overrides replace top-level keys (n=..., seed=...); options=... is merged.
     """
-    if isinstance(spec, dict):
-        d, source = dict(spec), "spec"
-    else:
-        path = Path(spec)
-        if not path.suffix:
-            path = PROBES_DIR / f"{spec}.yaml"
-        if not path.exists():
-            known = sorted(p.stem for p in PROBES_DIR.glob("*.yaml"))
-            raise SpecError(f"probe spec {spec!r} not found at {path}; specs in {PROBES_DIR}: {known}")
-        try:
-            d = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise SpecError(f"{path}: not valid YAML: {e}") from e
-        source = str(path)
+    d, source = read_spec(spec)
+    if not isinstance(d, dict):
+        raise SpecError(f"{source}: a probe spec is a mapping of keys, got {type(d).__name__}")
     opts = overrides.pop("options", None)
     d.update({k: v for k, v in overrides.items() if v is not None})
     if opts:

@@ -23,14 +23,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from scipy import stats as sps
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from clipkit import stats
 from clipkit.evaluate.linear_probe import MAX_ITER, split_validation, sweep_lambda
-from clipkit.probes.engine import PROBES_DIR, SpecError, _jsonable
+from clipkit.probes.engine import SpecError, _jsonable, read_spec
 
 TOP_PAIRS = 5  # confused pairs listed in the metrics
 
@@ -69,22 +68,6 @@ def check_keys(d, keys: dict, required: tuple, source: str) -> dict:
             want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise SpecError(f"{source}: {key!r} must be {want}, got {d[key]!r}")
     return dict(d)
-
-
-def read_spec(spec, source_default: str = "spec") -> tuple[dict, str]:
-    """(mapping, source) from a dict, a YAML path, or a name in probes/."""
-    if isinstance(spec, dict):
-        return dict(spec), source_default
-    path = Path(spec)
-    if not path.suffix:
-        path = PROBES_DIR / f"{spec}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in PROBES_DIR.glob("*.yaml"))
-        raise SpecError(f"probe spec {spec!r} not found at {path}; specs in {PROBES_DIR}: {known}")
-    try:
-        return yaml.safe_load(path.read_text()), str(path)
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {e}") from e
 
 
 def load_finegrained_spec(spec, **overrides) -> FineGrainedSpec:

@@ -23,7 +23,8 @@ import pandas as pd
 
 from clipkit import stats
 from clipkit.probes.engine import SpecError, _jsonable
-from clipkit.probes.finegrained import check_keys, fit_linear_probe, predict, read_spec
+from clipkit.probes.engine import read_spec
+from clipkit.probes.finegrained import check_keys, fit_linear_probe, predict
 from clipkit.robustness import IN_DISTRIBUTION, robustness_by_model
 from clipkit.shifts import SHIFTS, get_shift, shifted_image
 
