@@ -182,9 +182,11 @@ def build_index(out_root="reports") -> Path:
     rows = [_collect(d) for d in sorted(root.iterdir())
             if d.is_dir() and ((d / "run.json").exists() or any(d.glob("*.metrics.json")))]
     probes = sorted({p for r in rows for p in r["probes"]})
+    from clipkit.compare import paired_comparisons  # pandas/scipy: only when building the index
+    paired = paired_comparisons(root)
     _atomic_write(root / "summary.json", json.dumps(
-        {"generated": _now(), "probes": probes, "models": rows}, indent=2) + "\n")
-    _atomic_write(root / "index.html", _render(rows, probes))
+        {"generated": _now(), "probes": probes, "models": rows, "paired": paired}, indent=2) + "\n")
+    _atomic_write(root / "index.html", _render(rows, probes, paired))
     return root / "index.html"
 
 
@@ -220,7 +222,7 @@ td.failed{background:#fde8e8}.fail{color:#b00020}.acc{font-weight:bold;font-size
 .meta{color:#777;font-size:.85em}pre{white-space:pre-wrap;font-size:.8em}"""
 
 
-def _render(rows: list[dict], probes: list[str]) -> str:
+def _render(rows: list[dict], probes: list[str], paired: list[dict] = ()) -> str:
     """The models x probes table and the runs table as one self-contained HTML page."""
     esc = html.escape
     head = "".join(f"<th>{esc(p)}</th>" for p in probes)
@@ -240,9 +242,24 @@ def _render(rows: list[dict], probes: list[str]) -> str:
             f"<style>{_CSS}</style></head><body><h1>clipkit reports</h1>"
             f"<p class=meta>Accuracy with its 95% CI [low, high], chance level and n. "
             f"Generated {esc(_now())}.</p><table><tr><th>model</th>{head}</tr>{''.join(body)}</table>"
+            f"{_paired_table(paired)}"
             f"<h2>Runs</h2><table><tr><th>model</th><th>updated</th><th>git</th><th>versions</th></tr>"
             f"{runs}</table>"
             f"</body></html>\n")
+
+
+def _paired_table(paired) -> str:
+    """Models compared on the same items: accuracies, n, discordant pairs, exact McNemar p."""
+    if not paired:
+        return ""
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td>{esc(c['probe'])}</td><td>{esc(c['model'])} vs {esc(c['baseline'])}</td><td>{c['n']}</td>"
+        f"<td>{_fmt(c['acc_model'])} vs {_fmt(c['acc_baseline'])}</td><td>{c['only_b']} / {c['only_a']}</td>"
+        f"<td>{c['p_value']:.2g}</td></tr>" for c in paired)
+    return ("<h2>Paired comparisons</h2><p class=meta>Same items, exact McNemar test: discordant = items only "
+            "the model got right / only the baseline got right.</p><table><tr><th>probe table</th><th>models</th>"
+            f"<th>n</th><th>accuracy</th><th>discordant</th><th>p</th></tr>{rows}</table>")
 
 
 def _cell(key: str, p: dict) -> str:

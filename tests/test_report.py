@@ -172,3 +172,20 @@ def test_build_index_from_disk_with_missing_and_extra_keys(tmp_path):
     data = json.loads((tmp_path / "summary.json").read_text())
     assert [m["slug"] for m in data["models"]] == ["model_a", "model_b"]
     assert data["probes"] == ["probe_count", "probe_ret"]
+
+
+def test_index_compares_models_on_the_same_items(tmp_path):
+    import pandas as pd
+    from clipkit.report import build_index
+    for name, correct in [("a_model", [1] * 40 + [0] * 10), ("b_model", [0] * 30 + [1] * 20)]:
+        d = tmp_path / name
+        d.mkdir()
+        pd.DataFrame({"item": range(50), "correct": [bool(c) for c in correct], "chance": 0.5}).to_csv(
+            d / "counting.csv", index=False)
+    build_index(tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    (c,) = summary["paired"]
+    assert (c["baseline"], c["model"], c["n"]) == ("a_model", "b_model", 50)
+    assert (c["acc_baseline"], c["acc_model"]) == (0.8, 0.4)
+    assert (c["only_a"], c["only_b"]) == (30, 10) and c["p_value"] < 0.01
+    assert "Paired comparisons" in (tmp_path / "index.html").read_text()
