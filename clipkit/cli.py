@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from pathlib import Path
 
 USAGE = """usage: clipkit COMMAND [ARGS]
 
 commands:
   train    train a CLIP model contrastively (see `clipkit train --help`)
-  probe    run probe specs on a model:  clipkit probe --model SPEC [--probe counting ...] [--out DIR]
+  probe    run probe specs on a model:  clipkit probe --model SPEC [--model SPEC ...] [--probe counting ...] [--out DIR]
   eval     retrieval on held-out synthetic scenes:  clipkit eval --model SPEC [--n 500]
   report   execute the probe notebooks into reports/:  clipkit report --model SPEC [--model SPEC ...]
 """
@@ -18,27 +20,60 @@ commands:
 def probe_main(argv=None) -> int:
     from clipkit.models import DEFAULT_MODEL, load_model
     from clipkit.probes import load_any, run_any
+    from clipkit.probes.shift import ShiftResult
     p = argparse.ArgumentParser(prog="clipkit probe", description="Run probe specs (probes/*.yaml) on a model.")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model spec (see clipkit.models)")
+    p.add_argument("--model", action="append", help=f"model spec (see clipkit.models; default {DEFAULT_MODEL}); "
+                   "repeatable: with several models, each shift probe also prints the effective-robustness table")
     p.add_argument("--probe", action="append", help="spec name in probes/ or a YAML path (repeatable; "
                    "any kind: caption choice, fine-grained, shift; default: counting and spatial)")
     p.add_argument("--n", type=int, default=None, help="override the number of items")
     p.add_argument("--seed", type=int, default=None, help="override the item seed")
-    p.add_argument("--out", default=None, help="write <probe>.csv and <probe>.json here")
+    p.add_argument("--out", default=None, help="write <probe>.csv and <probe>.json here (several models: "
+                   "one sub-folder per model, and <probe>.effective_robustness.csv)")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
+    models = a.model or [DEFAULT_MODEL]
     specs = [load_any(s, n=a.n, seed=a.seed) for s in (a.probe or ["counting", "spatial"])]
-    model, preprocess, tokenizer = load_model(a.model, device=a.device)
-    for spec in specs:
-        r = run_any(spec, model, preprocess, tokenizer, model_name=a.model)
-        s = r.metrics()
-        print(f"{spec.name:24s} acc {s['accuracy']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] "
-              f"chance {s['chance']:.3f} n {s['n']} ({s['verdict']})")
-        for f, df in getattr(r, "breakdowns", {}).items():
-            print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-        if a.out:
-            r.save(a.out)
+    shift_results: dict[str, list] = {}   # probe name -> one ShiftResult per model
+    for i, name in enumerate(models):
+        model, preprocess, tokenizer = load_model(name, device=a.device)
+        if len(models) > 1:
+            print(f"== {name}")
+        for spec in specs:
+            r = run_any(spec, model, preprocess, tokenizer, model_name=name)
+            s = r.metrics()
+            print(f"{spec.name:24s} acc {s['accuracy']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] "
+                  f"chance {s['chance']:.3f} n {s['n']} ({s['verdict']})")
+            for f, df in getattr(r, "breakdowns", {}).items():
+                print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+            if isinstance(r, ShiftResult):
+                shift_results.setdefault(spec.name, []).append(r)
+            if a.out:
+                r.save(a.out if len(models) == 1 else Path(a.out) / _model_dir(name, i))
+    if len(models) > 1:
+        for probe, results in shift_results.items():
+            _print_effective_robustness(probe, results, a.out)
     return 0
+
+
+def _model_dir(model: str, i: int) -> str:
+    """A folder name for a model spec ('ViT-B-32:openai', a checkpoint path), numbered so two never collide."""
+    return f"{i:02d}-" + (re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_.") or "model")
+
+
+def _print_effective_robustness(probe: str, results: list, out: str | None) -> None:
+    """§3.3 across models: every (model, classifier) is a point of the logit-space trend (shift.effective_robustness)."""
+    from clipkit.probes.shift import effective_robustness
+    try:
+        er = effective_robustness(results)
+    except ValueError as e:   # too few points with distinct ID accuracies: say so, keep the per-model results
+        print(f"{probe}: effective robustness not computed: {e}")
+        return
+    print(f"{probe}: effective robustness (trend fitted over all {len(er)} model | classifier points)")
+    print(er.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    if out:
+        from clipkit.checkpoint import atomic_write_text
+        atomic_write_text(Path(out) / f"{probe}.effective_robustness.csv", er.to_csv(index=False))
 
 
 def eval_main(argv=None) -> int:

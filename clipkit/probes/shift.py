@@ -123,14 +123,20 @@ class ShiftResult:
 
 
 def summarise(items: pd.DataFrame, n_classes: int, spec: ShiftSpec, model_name: str = "") -> ShiftResult:
-    """Tables and summary from per-item correctness (columns shift, severity, item, zs_correct, lp_correct)."""
-    chance = 1.0 / n_classes
+    """Tables and summary from per-item correctness (columns shift, severity, item, zs_correct, lp_correct).
+
+    Optional item columns, for shifts that are not clipkit.shifts (e.g. folder datasets, shift_folders.py):
+    `n_classes` (classes scored in that condition: chance is 1/n_classes there, else 1/`n_classes`) and
+    `kind`; without `lp_correct` there is no linear probe (its rows are left out, its summary keys NaN)."""
+    present = [(c, col) for c, col in zip(CLASSIFIERS, ("zs_correct", "lp_correct")) if col in items]
     rows = []
     for (shift, sev), g in items.groupby(["shift", "severity"], sort=False):
-        kind = "none" if shift == IN_DISTRIBUTION else get_shift(shift).kind
-        for clf, col in zip(CLASSIFIERS, ("zs_correct", "lp_correct")):
+        kind = ("none" if shift == IN_DISTRIBUTION else g["kind"].iloc[0] if "kind" in g
+                else get_shift(shift).kind)
+        chance = 1.0 / (int(g["n_classes"].iloc[0]) if "n_classes" in g else n_classes)
+        for clf, col in present:
             rows.append({"classifier": clf, "shift": shift, "kind": kind, "severity": int(sev),
-                         **stats.accuracy_summary(g[col], chance, seed=spec.seed)})
+                         **stats.accuracy_summary(g[col].astype(bool), chance, seed=spec.seed)})
     table = pd.DataFrame(rows)
     # robustness per classifier: severities averaged within a shift, then shifts averaged (as robustness_by_model)
     ood = table[table["shift"] != IN_DISTRIBUTION]
@@ -138,15 +144,16 @@ def summarise(items: pd.DataFrame, n_classes: int, spec: ShiftSpec, model_name: 
     id_acc = table[table["shift"] == IN_DISTRIBUTION].set_index("classifier")["accuracy"]
     rob = pd.DataFrame([{"classifier": c, "id_accuracy": id_acc[c],
                          "ood_accuracy": per_shift[c].mean() if c in per_shift else float("nan"),
-                         "n_shifts": int(per_shift[c].size) if c in per_shift else 0} for c in CLASSIFIERS])
+                         "n_shifts": int(per_shift[c].size) if c in per_shift else 0} for c, _ in present])
     rob["drop"] = rob["id_accuracy"] - rob["ood_accuracy"]
     zs_id = table[(table["shift"] == IN_DISTRIBUTION) & (table["classifier"] == "zero-shot")].iloc[0]
-    lp_id = table[(table["shift"] == IN_DISTRIBUTION) & (table["classifier"] == "linear probe")].iloc[0]
-    r = rob.set_index("classifier")
-    summary = {"probe": spec.name, "family": spec.family, "model": model_name,
+    lp_id = table[(table["shift"] == IN_DISTRIBUTION) & (table["classifier"] == "linear probe")]
+    lp_id = lp_id.iloc[0] if len(lp_id) else pd.Series(float("nan"), index=["accuracy", "ci_low", "ci_high", "n"])
+    r = rob.set_index("classifier").reindex(list(CLASSIFIERS))    # a missing probe: NaN row
+    summary = {"probe": spec.name, "family": getattr(spec, "family", None), "model": model_name,
                **{k: zs_id[k] for k in ("accuracy", "ci_low", "ci_high", "n", "chance", "verdict")},
                **{f"lp_{k}": lp_id[k] for k in ("accuracy", "ci_low", "ci_high", "n")},
-               "n_conditions": int(len(ood) // len(CLASSIFIERS)), "n_shifts": int(r.loc["zero-shot", "n_shifts"]),
+               "n_conditions": int(len(ood) // len(present)), "n_shifts": int(r.loc["zero-shot", "n_shifts"]),
                "zs_ood_accuracy": r.loc["zero-shot", "ood_accuracy"], "lp_ood_accuracy": r.loc["linear probe", "ood_accuracy"],
                "zs_drop": r.loc["zero-shot", "drop"], "lp_drop": r.loc["linear probe", "drop"],
                # relative robustness (§3.3): OOD accuracy of zero-shot over the ID-adapted probe; NOT effective robustness

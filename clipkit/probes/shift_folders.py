@@ -1,0 +1,207 @@
+"""Distribution shift on real data: an in-distribution image folder against out-of-distribution folders.
+
+The synthetic shift probe (shift.py) renders the same scenes under each shift; here the sets are
+data on disk, laid out as ImageFolders (root/<class folder>/<image>), e.g. ImageNet val as the ID
+test set and ImageNet-V2 / -R / -Sketch as OOD sets. Items are therefore *not* paired across sets.
+Both classifiers of the CLIP paper's §3.3 comparison read the same L2-normalised image features:
+
+- zero-shot: the §3.1.4 prompt-ensembled classifier over the ID class names;
+- linear probe: appendix A.3's protocol fitted on `id_train` features (no `id_train`: no probe).
+
+Class subsets. An OOD folder may hold a subset of the ID classes (ImageNet-R and -A cover 200 of
+ImageNet's 1000). As in Hendrycks et al. 2021 and the CLIP paper, each set is scored among *its own*
+classes: both classifiers' logits are restricted to the classes present in that folder before the
+argmax, and its chance level is 1 / (classes in that folder). A class folder counts as present even
+when empty. Results are shift.ShiftResult tables (shift = the OOD set's name, kind "dataset",
+severity 0), so shift.effective_robustness fits trends across models as for synthetic shifts.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from clipkit.evaluate.cache import files_fingerprint, params_fingerprint
+from clipkit.evaluate.datasets import ImageFolderClassification
+from clipkit.probes.engine import SpecError, read_spec
+from clipkit.probes.finegrained import check_keys
+from clipkit.probes.shift import ShiftResult, summarise
+from clipkit.robustness import IN_DISTRIBUTION
+
+OOD_KIND = "dataset"  # the `kind` of every OOD row in the table (synthetic shifts: corruption / style)
+
+
+@dataclass
+class FolderShiftSpec:
+    """An ID test folder, OOD folders by name, an optional ID train folder for the probe, class names."""
+    name: str
+    id_test: str                              # ImageFolder of the ID test set; its class folders are the ID classes
+    ood: dict = field(default_factory=dict)   # {set name: ImageFolder}; class folders a subset of the ID ones
+    id_train: str | None = None               # ImageFolder for the linear probe (same classes); None: zero-shot only
+    classnames: str | dict | None = None      # {folder: "class name"} inline or a JSON/YAML file; None: folder names
+    templates: str | list | None = None       # a clipkit.evaluate.zeroshot.get_templates name or list; None: the 80
+    n_train: int | None = None                # seeded subset caps (None: every image)
+    n_test: int | None = None                 # per set: the ID test set and each OOD set
+    seed: int = 0                             # subset and probe-validation seed
+    description: str = ""
+
+
+FOLDER_SHIFT_KEYS = {"name": str, "id_test": str, "ood": dict, "id_train": (str, type(None)),
+                     "classnames": (str, dict, type(None)), "templates": (str, list, type(None)),
+                     "n_train": (int, type(None)), "n_test": (int, type(None)), "seed": int, "description": str}
+
+
+def class_folders(root) -> list[str]:
+    """Class folder names of an ImageFolder, in torchvision's label order (sorted)."""
+    return sorted(e.name for e in os.scandir(root) if e.is_dir())
+
+
+def _folder(path, base: Path, what: str, source: str) -> Path:
+    """`path` resolved against the spec file's folder; SpecError naming it when it is not a folder."""
+    p = Path(path).expanduser()
+    p = p if p.is_absolute() else base / p
+    if not p.is_dir():
+        raise SpecError(f"{source}: {what} folder {p} does not exist (expected <folder>/<class>/<image>)")
+    return p
+
+
+def _read_classnames(value, base: Path, source: str) -> dict:
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    p = Path(value).expanduser()
+    p = p if p.is_absolute() else base / p
+    if not p.is_file():
+        raise SpecError(f"{source}: classnames file {p} does not exist")
+    try:
+        m = yaml.safe_load(p.read_text())   # YAML reads JSON too
+    except yaml.YAMLError as e:
+        raise SpecError(f"{source}: classnames file {p} is not valid JSON/YAML: {e}") from e
+    if not isinstance(m, dict):
+        raise SpecError(f"{source}: classnames file {p} must map folder names to class names")
+    return {str(k): str(v) for k, v in m.items()}
+
+
+def load_folder_shift_spec(spec, **overrides) -> FolderShiftSpec:
+    """A validated FolderShiftSpec from a dict, YAML path or name in probes/; overrides replace keys.
+
+    Checks the folders now (before any model loads): each exists, OOD and train class folders are ID
+    classes, the class-name map covers every ID folder. Relative paths are read from the spec's folder
+    (a dict spec: the working directory) and stored absolute."""
+    if isinstance(spec, FolderShiftSpec):
+        spec = asdict(spec)
+    d, source = read_spec(spec)
+    if isinstance(d, dict):
+        d.update({k: v for k, v in overrides.items() if v is not None})
+    d = check_keys(d, FOLDER_SHIFT_KEYS, ("name", "id_test", "ood"), source)
+    base = Path(source).resolve().parent if Path(source).is_file() else Path.cwd()
+    for key in ("n_train", "n_test"):
+        if d.get(key) is not None and d[key] < 1:
+            raise SpecError(f"{source}: {key!r} must be >= 1 or null, got {d[key]}")
+    if not d["ood"] or not all(isinstance(k, str) and isinstance(v, str) for k, v in d["ood"].items()):
+        raise SpecError(f"{source}: 'ood' must be a non-empty mapping {{set name: folder}}, got {d['ood']!r}")
+    if IN_DISTRIBUTION in d["ood"]:
+        raise SpecError(f"{source}: {IN_DISTRIBUTION!r} is the ID set's name; rename that OOD set")
+    d["id_test"] = str(_folder(d["id_test"], base, "id_test", source))
+    id_classes = class_folders(d["id_test"])
+    if not id_classes:
+        raise SpecError(f"{source}: id_test folder {d['id_test']} has no class folders")
+    folders = {f"ood {name!r}": (name, path) for name, path in d["ood"].items()}
+    if d.get("id_train") is not None:
+        folders["id_train"] = (None, d["id_train"])
+    for what, (name, path) in folders.items():
+        p = _folder(path, base, what, source)
+        unknown = sorted(set(class_folders(p)) - set(id_classes))
+        missing = sorted(set(id_classes) - set(class_folders(p)))
+        if unknown:
+            raise SpecError(f"{source}: {what} folder {p} has class folder(s) that are not ID classes "
+                            f"(not in {d['id_test']}): {unknown}")
+        if name is None and missing:   # the probe must be able to predict every ID class
+            raise SpecError(f"{source}: id_train folder {p} lacks ID class folder(s) {missing}")
+        if name is None:
+            d["id_train"] = str(p)
+        else:
+            d["ood"][name] = str(p)
+    if d.get("classnames") is not None:
+        names = _read_classnames(d["classnames"], base, source)
+        missing = [c for c in id_classes if c not in names]
+        if missing:
+            raise SpecError(f"{source}: classnames has no name for ID class folder(s) {missing}")
+        d["classnames"] = {c: names[c] for c in id_classes}   # stored resolved: the record says what was asked
+    if d.get("templates") is not None:
+        from clipkit.evaluate.zeroshot import get_templates
+        try:
+            get_templates(d["templates"])
+        except ValueError as e:
+            raise SpecError(f"{source}: {e}") from None
+    return FolderShiftSpec(**d)
+
+
+class FolderSet(ImageFolderClassification):
+    """An ImageFolder whose labels are ID class ids (by folder name), optionally a seeded subset of n."""
+
+    def __init__(self, root, id_folders: list[str], transform: Callable | None = None, name: str | None = None,
+                 n: int | None = None, seed: int = 0):
+        super().__init__(root, transform=transform, name=name)
+        own = class_folders(self.root)   # torchvision's ImageFolder labels index this sorted list
+        self.id_folders = list(id_folders)
+        self.class_ids = np.array([self.id_folders.index(f) for f in own])   # the ID classes scored here
+        samples = [(p, int(self.class_ids[y])) for p, y in self.samples]
+        if n is not None and n < len(samples):   # uniform without replacement, kept in folder order
+            keep = np.sort(np.random.default_rng(seed).choice(len(samples), n, replace=False))
+            samples = [samples[i] for i in keep]
+        self.samples = samples
+
+    @property
+    def fingerprint(self) -> str:
+        # the labels are ID class ids: the ID folder list is part of what the cached targets mean
+        return params_fingerprint(kind="folder-shift", id_folders=self.id_folders, n=len(self.samples),
+                                  files=files_fingerprint([p for p, _ in self.samples], root=self.root))
+
+
+def _restricted_argmax(scores: np.ndarray, columns: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """ID class ids of the best-scoring allowed class per row; `columns[j]` is the class of score column j."""
+    keep = np.isin(columns, allowed)
+    return columns[keep][scores[:, keep].argmax(1)]
+
+
+def run_folder_shift(spec, model, preprocess, tokenizer, model_name: str = "", cache=True,
+                     batch_size: int = 256) -> ShiftResult:
+    """Run a folder shift spec (name, path, dict or FolderShiftSpec) on a loaded model; see the module docstring."""
+    from threadpoolctl import threadpool_limits
+    from clipkit.evaluate import extract_image_features, get_templates, zero_shot_classifier
+    from clipkit.probes.finegrained import fit_linear_probe
+    spec = spec if isinstance(spec, FolderShiftSpec) else load_folder_shift_spec(spec)
+    id_folders = class_folders(spec.id_test)
+    names = spec.classnames or {c: c.replace("_", " ") for c in id_folders}
+    classifier = zero_shot_classifier(model, tokenizer, [names[c] for c in id_folders],
+                                      get_templates(spec.templates)).cpu()                # (d, C)
+    probe = lam = None
+    if spec.id_train is not None:
+        train = FolderSet(spec.id_train, id_folders, preprocess, f"{spec.name}-train", spec.n_train, spec.seed)
+        tr = extract_image_features(model, train, batch_size=batch_size, cache=cache, progress=False)
+        probe, lam = fit_linear_probe(tr.features.numpy(), tr.targets.numpy(), seed=spec.seed)
+    parts, skipped = [], 0
+    for shift, root in [(IN_DISTRIBUTION, spec.id_test), *spec.ood.items()]:
+        ds = FolderSet(root, id_folders, preprocess, f"{spec.name}-{shift}", spec.n_test, spec.seed)
+        f = extract_image_features(model, ds, batch_size=batch_size, cache=cache, progress=False)
+        skipped += f.skipped
+        X, y = f.features, f.targets.numpy()                                                # (n, d), (n,)
+        zs_pred = _restricted_argmax((X @ classifier).numpy(), np.arange(len(id_folders)), ds.class_ids)
+        cols = {"shift": shift, "severity": 0, "kind": OOD_KIND, "n_classes": len(ds.class_ids),
+                "item": f.index.numpy(), "path": [ds.samples[i][0] for i in f.index.tolist()], "target": y,
+                "zs_pred": zs_pred, "zs_correct": zs_pred == y}
+        if probe is not None:
+            with threadpool_limits(1, user_api="blas"):
+                proba = probe.predict_proba(X.numpy().astype(np.float64))                  # (n, classes seen)
+            lp_pred = _restricted_argmax(proba, probe.classes_, ds.class_ids)
+            cols.update(lp_pred=lp_pred, lp_correct=lp_pred == y)
+        parts.append(pd.DataFrame(cols))
+    result = summarise(pd.concat(parts, ignore_index=True), len(id_folders), spec, model_name)
+    result.summary.update(family="imagefolder", n_ood_sets=len(spec.ood), lp_lambda=lam,
+                          skipped_images=skipped)   # unreadable files, left out of n
+    return result

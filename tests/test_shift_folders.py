@@ -1,0 +1,225 @@
+"""Tests for the folder distribution-shift probe (shift_folders.py) and the multi-model `clipkit probe`
+effective-robustness table: tiny ImageFolders of synthetic shapes in tmp_path, clipkit-nano. No network."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clipkit import synth
+from clipkit.probes import SpecError
+from clipkit.probes.shift import effective_robustness
+from clipkit.probes.shift_folders import FolderSet, load_folder_shift_spec, run_folder_shift
+from clipkit.robustness import IN_DISTRIBUTION
+from clipkit.shifts import shifted_image
+
+SHAPES = ["circle", "square", "triangle"]
+
+
+def _write(root, classes, per_class, seed, shift=None):
+    """root/<shape>/<i>.png: one object of that shape per image; `shift` renders it under a clipkit shift."""
+    for c, shape in enumerate(classes):
+        (root / shape).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            scene = synth.make_single_scene(seed * 1000 + c * 100 + i, shapes=(shape,))
+            img = synth.render(scene, 48) if shift is None else shifted_image(scene, shift, 1, seed=i, size=48)
+            img.save(root / shape / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """ID train (3 classes x 6), ID test (3 x 4), OOD 'sketch' (outline style, 2 of the 3 classes x 4),
+    OOD 'noisy' (all 3 classes x 3, gaussian noise)."""
+    base = tmp_path_factory.mktemp("folders")
+    return {"train": _write(base / "train", SHAPES, 6, 1), "test": _write(base / "test", SHAPES, 4, 2),
+            "sketch": _write(base / "sketch", SHAPES[:2], 4, 3, shift="outline"),
+            "noisy": _write(base / "noisy", SHAPES, 3, 4, shift="gaussian_noise"), "base": base}
+
+
+def _spec(folders, **kw):
+    return {"name": "fs", "id_train": str(folders["train"]), "id_test": str(folders["test"]),
+            "ood": {"sketch": str(folders["sketch"]), "noisy": str(folders["noisy"])}, "templates": "photo", **kw}
+
+
+def test_folder_set_maps_labels_to_id_classes_and_subsets(folders):
+    ds = FolderSet(folders["sketch"], SHAPES)
+    assert list(ds.class_ids) == [0, 1] and sorted({y for _, y in ds.samples}) == [0, 1] and len(ds) == 8
+    # the sorted ID folders are circle, square, triangle; a folder holding only 'triangle' maps to 2
+    assert FolderSet(folders["sketch"], ["square", "triangle", "circle"]).class_ids.tolist() == [2, 0]
+    sub = FolderSet(folders["test"], SHAPES, n=5, seed=0)
+    assert len(sub) == 5 and sub.samples == FolderSet(folders["test"], SHAPES, n=5, seed=0).samples
+    assert sub.fingerprint != FolderSet(folders["test"], SHAPES, n=6, seed=0).fingerprint
+
+
+def test_run_on_nano(folders, nano, tmp_path):
+    r = run_folder_shift(_spec(folders, classnames={"circle": "circle", "square": "square", "triangle": "triangle"}),
+                         *nano, model_name="clipkit-nano", cache=False)
+    t = r.table
+    assert len(t) == 3 * 2 and set(t["classifier"]) == {"zero-shot", "linear probe"}
+    n = t.set_index(["classifier", "shift"])["n"]
+    assert n["zero-shot", IN_DISTRIBUTION] == 12 and n["zero-shot", "sketch"] == 8 and n["linear probe", "noisy"] == 9
+    chance = t.groupby("shift")["chance"].first()
+    # each set is scored among its own classes: 1/2 for the 2-class sketch set, 1/3 elsewhere
+    assert chance["sketch"] == pytest.approx(1 / 2) and chance["noisy"] == chance[IN_DISTRIBUTION] == pytest.approx(1 / 3)
+    assert set(t.loc[t["shift"] != IN_DISTRIBUTION, "kind"]) == {"dataset"} and set(t["severity"]) == {0}
+    sk = r.items[r.items["shift"] == "sketch"]
+    assert set(sk["zs_pred"]) <= {0, 1} and set(sk["lp_pred"]) <= {0, 1}   # the absent class is never predicted
+    s = r.summary
+    assert s["n"] == 12 and s["chance"] == pytest.approx(1 / 3) and s["n_shifts"] == 2 and s["n_ood_sets"] == 2
+    assert np.isfinite(s["lp_accuracy"]) and s["lp_lambda"] > 0 and s["skipped_images"] == 0
+    rec = json.loads(r.save(tmp_path).read_text())
+    assert rec["task"] == "distribution_shift" and len(rec["table"]) == 6 and rec["spec"]["ood"]["sketch"]
+
+
+def test_zero_shot_only_and_caps(folders, nano):
+    spec = {k: v for k, v in _spec(folders, n_test=5).items() if k != "id_train"}
+    r = run_folder_shift(spec, *nano, cache=False)
+    assert set(r.table["classifier"]) == {"zero-shot"} and set(r.table["n"]) == {5}
+    assert np.isnan(r.summary["lp_accuracy"]) and np.isnan(r.summary["lp_drop"]) and "lp_correct" not in r.items
+
+
+class _Blind(torch.nn.Module):
+    """Image embedding independent of the image; text side clipkit-nano's."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.text = model
+
+    def encode_image(self, x):
+        return torch.ones(x.shape[0], self.text.encode_text(torch.zeros(1, 1, dtype=torch.long)).shape[-1])
+
+    def encode_text(self, tokens):
+        return self.text.encode_text(tokens)
+
+
+def test_a_blind_model_is_at_chance_on_balanced_sets(folders, nano):
+    model, preprocess, tokenizer = nano
+    spec = {k: v for k, v in _spec(folders).items() if k != "id_train"}
+    r = run_folder_shift(spec, _Blind(model), preprocess, tokenizer, cache=False)
+    # one answer for every image: exactly one class's share of each balanced set, i.e. its chance level
+    assert np.allclose(r.table["accuracy"], r.table["chance"])
+
+
+def test_effective_robustness_over_folder_results():
+    """Three synthetic 'models' with known accuracies go through shift.effective_robustness."""
+    from clipkit.probes.shift import summarise
+    from clipkit.probes.shift_folders import FolderShiftSpec
+    spec = FolderShiftSpec("fs", "/x", {"r": "/y"})
+    results = []
+    for m, (a, b) in enumerate([(0.5, 0.3), (0.7, 0.4), (0.9, 0.6)]):
+        items = pd.DataFrame({"shift": [IN_DISTRIBUTION] * 10 + ["r"] * 10, "severity": 0, "kind": "dataset",
+                              "n_classes": [4] * 10 + [2] * 10, "item": list(range(10)) * 2,
+                              "zs_correct": np.r_[np.arange(10) < a * 10, np.arange(10) < b * 10]})
+        results.append(summarise(items, 4, spec, f"m{m}"))
+    assert results[0].summary["chance"] == 0.25 and results[0].table["chance"].tolist() == [0.25, 0.5]
+    er = effective_robustness(results)
+    assert len(er) == 3 and abs(er["effective_robustness"].mean()) < 0.05
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda s, f: s.update(id_test=str(f["base"] / "nope")), "id_test folder .*nope does not exist"),
+    (lambda s, f: s["ood"].update(r=str(f["base"] / "gone")), "ood 'r' folder .*gone does not exist"),
+    (lambda s, f: s.update(id_train=str(f["sketch"])), r"lacks ID class folder\(s\) \['triangle'\]"),
+    (lambda s, f: s.update(classnames={"circle": "a circle"}), r"no name for ID class folder\(s\) \['square', 'triangle'\]"),
+    (lambda s, f: s.update(classnames=str(f["base"] / "names.json")), "classnames file .*names.json does not exist"),
+    (lambda s, f: s.update(ood={}), "non-empty mapping"),
+    (lambda s, f: s.update(ood={IN_DISTRIBUTION: str(f["noisy"])}), "the ID set's name"),
+    (lambda s, f: s.update(n_test=0), "'n_test' must be >= 1"),
+    (lambda s, f: s.update(templates="nope"), "unknown templates"),
+    (lambda s, f: s.update(shifts=["x"]), "unknown key"),
+    (lambda s, f: s.pop("id_test"), "missing required key 'id_test'"),
+])
+def test_spec_errors(folders, edit, match):
+    spec = _spec(folders)
+    spec["ood"] = dict(spec["ood"])
+    edit(spec, folders)
+    with pytest.raises(SpecError, match=match):
+        load_folder_shift_spec(spec)
+
+
+def test_ood_classes_not_in_id_are_listed(folders, tmp_path):
+    _write(tmp_path / "odd", ["circle", "hexagon", "star"], 1, 5)
+    spec = _spec(folders)
+    spec["ood"] = {"odd": str(tmp_path / "odd")}
+    with pytest.raises(SpecError, match=r"not ID classes .*\['hexagon', 'star'\]"):
+        load_folder_shift_spec(spec)
+
+
+def test_yaml_spec_relative_paths_and_classnames_file(folders):
+    base = folders["base"]
+    (base / "names.json").write_text(json.dumps({"circle": "round disc", "square": "square", "triangle": "triangle",
+                                                 "star": "unused extra names are fine"}))
+    (base / "spec.yaml").write_text("name: rel\nid_test: test\nood: {sketch: sketch}\nclassnames: names.json\n"
+                                    "n_test: 3\nseed: 1\n")
+    s = load_folder_shift_spec(str(base / "spec.yaml"))
+    assert s.id_test == str(folders["test"].resolve()) and s.ood["sketch"] == str(folders["sketch"].resolve())
+    assert s.classnames == {"circle": "round disc", "square": "square", "triangle": "triangle"}
+    assert s.id_train is None and s.n_test == 3 and s.templates is None
+
+
+# --- multi-model `clipkit probe`: the effective-robustness table -----------------------------------------
+@pytest.fixture(scope="module")
+def second_model(tmp_path_factory):
+    """clipkit-nano with other random weights, saved as a checkpoint folder (itself a model spec)."""
+    from clipkit.models import create_model, save_model
+    model, _, _ = create_model("clipkit-nano", seed=1)
+    return str(save_model(model, tmp_path_factory.mktemp("m2") / "nano-seed1", "clipkit-nano"))
+
+
+@pytest.fixture(scope="module")
+def shift_yaml(tmp_path_factory):
+    p = tmp_path_factory.mktemp("spec") / "tiny_shift.yaml"
+    p.write_text("name: tiny_shift\nshifts: [gaussian_noise]\nseverities: [5]\nn_train: 24\nn_test: 24\n")
+    return str(p)
+
+
+def test_cli_several_models_save_per_model_and_explain_missing_trend(shift_yaml, second_model, tmp_path, capsys):
+    from clipkit.cli import probe_main
+    out = tmp_path / "out"
+    assert probe_main(["--probe", shift_yaml, "--model", "clipkit-nano", "--model", second_model,
+                       "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "== clipkit-nano" in text and f"== {second_model}" in text
+    records = sorted(out.glob("*/tiny_shift.json"))          # per-model records in numbered sub-folders
+    assert [p.parent.name[:3] for p in records] == ["00-", "01-"]
+    assert [json.loads(p.read_text())["model"] for p in records] == ["clipkit-nano", second_model]
+    # untrained nano models answer one class for every image: all four points sit at chance (1/6), so
+    # there is no trend to fit, and the CLI says so instead of failing
+    assert "tiny_shift: effective robustness not computed" in text and "3+ classifiers" in text
+    assert not (out / "tiny_shift.effective_robustness.csv").exists()
+
+
+def test_cli_effective_robustness_table(shift_yaml, second_model, tmp_path, capsys, monkeypatch):
+    """The CLI's plumbing with known accuracies: run_any replaced by constructed per-item results."""
+    import clipkit.probes
+    from clipkit.cli import probe_main
+    from clipkit.probes.shift import summarise
+    acc = {"clipkit-nano": {"zs": (0.5, 0.3), "lp": (0.8, 0.35)}, second_model: {"zs": (0.6, 0.45), "lp": (0.9, 0.4)}}
+
+    def fake_run_any(spec, model, preprocess, tokenizer, model_name=""):
+        a, n = acc[model_name], 20
+        items = pd.DataFrame({"shift": [IN_DISTRIBUTION] * n + ["gaussian_noise"] * n, "severity": [0] * n + [5] * n,
+                              "item": list(range(n)) * 2,
+                              **{f"{c}_correct": np.r_[np.arange(n) < a[c][0] * n, np.arange(n) < a[c][1] * n]
+                                 for c in ("zs", "lp")}})
+        return summarise(items, 6, spec, model_name)
+
+    monkeypatch.setattr(clipkit.probes, "run_any", fake_run_any)
+    assert probe_main(["--probe", shift_yaml, "--model", "clipkit-nano", "--model", second_model,
+                       "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "tiny_shift: effective robustness (trend fitted over all 4 model | classifier points)" in text
+    er = pd.read_csv(tmp_path / "tiny_shift.effective_robustness.csv")
+    assert len(er) == 4 and set(er["model"]) == {f"{m} | {c}" for m in acc for c in ("zero-shot", "linear probe")}
+    assert er.set_index("model").loc["clipkit-nano | zero-shot", "id_accuracy"] == pytest.approx(0.5)
+    assert abs(er["effective_robustness"].mean()) < 0.05     # least-squares residuals over the reference points
+
+
+def test_cli_single_model_unchanged(shift_yaml, tmp_path, capsys):
+    from clipkit.cli import probe_main
+    assert probe_main(["--probe", shift_yaml, "--model", "clipkit-nano", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "effective robustness" not in text and "==" not in text
+    assert (tmp_path / "tiny_shift.json").exists()
