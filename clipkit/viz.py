@@ -60,3 +60,112 @@ def show_items(images, titles, ncols: int = 6, size: float = 1.8):
         ax.set_title(t, fontsize=6, wrap=True)
     fig.tight_layout()
     return fig
+
+
+# --- analysis plots (clipkit.analysis tables) --------------------------------------------------
+def plot_zs_vs_lp(table: pd.DataFrame, ax=None):
+    """Figure 5 view: zero-shot minus linear-probe accuracy per dataset, sorted; green where zero-shot wins, red where it loses, grey ties.
+    Whiskers span the difference of the two CI bounds (a conservative, unpaired band)."""
+    t = table.sort_values("diff", ascending=True).reset_index(drop=True)
+    ax = ax or plt.subplots(figsize=(6, 0.45 * len(t) + 1.2))[1]
+    y = np.arange(len(t))
+    lo = t["zs_ci_low"] - t["lp_ci_high"]
+    hi = t["zs_ci_high"] - t["lp_ci_low"]
+    ax.barh(y, 100 * t["diff"], xerr=100 * np.vstack([t["diff"] - lo, hi - t["diff"]]), capsize=3,
+            color=["#55A868" if d > 0 else "#C44E52" if d < 0 else "#999999" for d in t["diff"]])
+    ax.axvline(0, color="black", linewidth=1)
+    ax.set_yticks(y, [f"{d} (n={n}, chance {c:.0%})" for d, n, c in zip(t["dataset"], t["zs_n"], t["zs_chance"])],
+                  fontsize=8)
+    wins = int((t["diff"] > 0).sum())
+    ax.set_xlabel("zero-shot minus linear probe (accuracy points)")
+    ax.set_title(f"zero-shot wins on {wins} of {len(t)} datasets", fontsize=9)
+    return ax
+
+
+def plot_kshot(kshot: pd.DataFrame, ax=None):
+    """k-shot linear-probe accuracy vs k (log axis) per dataset, with its zero-shot accuracy dashed
+    and chance dotted, in the same colour."""
+    ax = ax or plt.subplots(figsize=(5.5, 3.5))[1]
+    for (name, g), colour in zip(kshot.groupby("dataset", sort=False), sns.color_palette(n_colors=10) * 10):
+        m = g.groupby("k")["lp_acc1"].mean()
+        ax.plot(m.index, m.to_numpy(), "o-", color=colour, label=name)
+        ax.axhline(g["zs_accuracy"].iloc[0], color=colour, linestyle="--", linewidth=1)
+        ax.axhline(g["chance"].iloc[0], color=colour, linestyle=":", linewidth=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("labelled examples per class (k)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("k-shot linear probe (solid) vs zero-shot (dashed); chance dotted", fontsize=9)
+    ax.legend(fontsize=7)
+    return ax
+
+
+def plot_logit_robustness(points: pd.DataFrame, trend: dict | None = None, ax=None):
+    """OOD vs ID accuracy on logit axes (ticks in %), y = x dashed, and the fitted trend when given."""
+    from clipkit.robustness import logit
+    ax = ax or plt.subplots(figsize=(5, 4.5))[1]
+    x, y = logit(points["id_accuracy"].to_numpy()), logit(points["ood_accuracy"].to_numpy())
+    for (xi, yi, label, clf) in zip(np.atleast_1d(x), np.atleast_1d(y), points["point"], points["classifier"]):
+        ax.scatter(xi, yi, marker="o" if clf == "zero-shot" else "s", s=40)
+        ax.annotate(label, (xi, yi), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    lo, hi = min(np.min(x), np.min(y)) - 0.5, max(np.max(x), np.max(y)) + 0.5
+    grid = np.linspace(lo, hi, 50)
+    ax.plot(grid, grid, "k--", linewidth=1, label="y = x (no drop)")
+    if trend is not None:
+        ax.plot(grid, trend["slope"] * grid + trend["intercept"], color="#C44E52",
+                label=f"trend: slope {trend['slope']:.2f}, intercept {trend['intercept']:.2f}")
+    ticks = [p for p in (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+             if lo <= logit(p) <= hi]
+    ax.set_xticks([logit(p) for p in ticks], [f"{p:.0%}" for p in ticks])
+    ax.set_yticks([logit(p) for p in ticks], [f"{p:.0%}" for p in ticks])
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("in-distribution accuracy (logit scale)")
+    ax.set_ylabel("out-of-distribution accuracy (logit scale)")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title("effective robustness: points above the trend are more robust", fontsize=9)
+    return ax
+
+
+def plot_atlas(frame: pd.DataFrame, factor: str, ax=None):
+    """UMAP atlas: colour = factor level, marker = modality (o image, ^ caption); wrong items ringed red."""
+    ax = ax or plt.subplots(figsize=(6, 5))[1]
+    levels = sorted(frame[factor].astype(str).unique())
+    palette = dict(zip(levels, sns.color_palette("tab10", n_colors=max(len(levels), 3))))
+    for modality, marker in (("image", "o"), ("text", "^")):
+        g = frame[frame["modality"] == modality]
+        ax.scatter(g["x"], g["y"], c=[palette[str(v)] for v in g[factor]], marker=marker, s=22, alpha=0.8)
+        bad = g[~g["correct"]]
+        ax.scatter(bad["x"], bad["y"], marker=marker, s=70, facecolors="none", edgecolors="red", linewidths=0.8)
+    for lvl in levels:
+        ax.scatter([], [], color=palette[lvl], label=f"{factor}={lvl}")
+    ax.scatter([], [], marker="o", color="grey", label="image")
+    ax.scatter([], [], marker="^", color="grey", label="caption")
+    ax.scatter([], [], marker="o", facecolors="none", edgecolors="red", label="probe wrong")
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title("UMAP of image and caption embeddings", fontsize=9)
+    return ax
+
+
+def plot_templates(table: pd.DataFrame, top: int = 40, ax=None):
+    """Single-template zero-shot accuracies (sorted, CI whiskers; the `top` best and the worst shown),
+    each ensemble as a horizontal line, chance dashed."""
+    singles = table[table["kind"] == "single"].sort_values("accuracy", ascending=False)
+    if len(singles) > top:  # keep the best and the worst: the spread is the point
+        singles = pd.concat([singles.head(top // 2), singles.tail(top - top // 2)])
+    ax = ax or plt.subplots(figsize=(max(6, 0.22 * len(singles) + 2), 4.2))[1]
+    x = np.arange(len(singles))
+    acc = singles["accuracy"].to_numpy()
+    ax.bar(x, acc, yerr=np.vstack([acc - singles["ci_low"], singles["ci_high"] - acc]), color="#8DA0CB",
+           capsize=1.5)
+    for (_, r), colour in zip(table[table["kind"] == "ensemble"].iterrows(), ("#C44E52", "#55A868", "#4C72B0", "#8172B2")):
+        ax.axhline(r["accuracy"], color=colour, linewidth=1.5, label=f"{r['template']}: {r['accuracy']:.1%}")
+    ax.axhline(table["chance"].iloc[0], color="black", linestyle="--", linewidth=1, label="chance")
+    ax.set_xticks(x, [t.replace("{c}", "…") for t in singles["template"]], rotation=90, fontsize=6)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(f"zero-shot accuracy (95% CI, n={int(table['n'].iloc[0])})")
+    ax.set_title("one bar per single template, sorted; lines: ensembles", fontsize=9)
+    ax.legend(fontsize=7)
+    return ax

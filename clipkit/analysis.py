@@ -1,0 +1,230 @@
+"""Cross-cutting analyses behind the analysis notebooks: zero-shot vs linear probe, robustness points, embedding atlas, prompt sensitivity.
+
+Each analysis is a runner that touches the model (features, classifiers) and returns a tidy table,
+plus pure functions on those tables or on feature arrays (win counts, modality gap, trend fitting,
+spread of template accuracies) that are tested on hand-made inputs. Every accuracy carries its
+chance level, n and a 95% bootstrap CI (clipkit.stats.accuracy_summary), as in the probes.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from clipkit import stats
+from clipkit.robustness import IN_DISTRIBUTION, fit_trend, logit
+
+SYNTHETIC = [f"synthetic:{f}" for f in ("shape", "polygon", "colour", "shade", "size", "count")]  # FAMILIES
+_ACC = ("accuracy", "ci_low", "ci_high", "n", "chance")
+
+
+# --- datasets ---------------------------------------------------------------------------------
+def load_split_pair(name: str, n_train: int, n_test: int, seed: int = 0, root: str | None = None,
+                    transform=None):
+    """(train, test) datasets of one name: 'synthetic:<family>' draws n_train / n_test balanced images
+    (disjoint seeds per split); a real dataset ('cifar10', 'imagefolder', ...) is used whole from `root`."""
+    from clipkit.evaluate.datasets import SyntheticClassification, load_classification
+    if name.startswith("synthetic"):
+        family = name.partition(":")[2] or "shape"
+        return (SyntheticClassification(family, n_train, seed, "train", transform),
+                SyntheticClassification(family, n_test, seed, "test", transform))
+    return (load_classification(name, root, split="train", transform=transform),
+            load_classification(name, root, split="test", transform=transform))
+
+
+def _features(model, dataset, cache=True):
+    from clipkit.evaluate import extract_image_features
+    f = extract_image_features(model, dataset, cache=cache, progress=False)
+    return f.features, f.targets.numpy()                                      # (N, d) tensor, (N,) ints
+
+
+def _zs_pred(model, tokenizer, X, classes, templates) -> np.ndarray:
+    from clipkit.evaluate import zero_shot_classifier
+    classifier = zero_shot_classifier(model, tokenizer, classes, templates)  # (d, C)
+    return (X @ classifier).argmax(1).numpy()
+
+
+# --- zero-shot vs linear probe (paper §3.1.5 Fig. 5 and Figs. 6-7) -----------------------------
+def zeroshot_vs_linear(model, preprocess, tokenizer, datasets: Sequence[str], n_train: int, n_test: int,
+                       seed: int = 0, root: str | None = None, ks: Sequence[int] = (), cache=True):
+    """Per dataset: zero-shot (the dataset's own templates, else the 80) and an appendix-A.3 linear
+    probe on the same image features (encode_image output, L2-normalised), scored on the same test items.
+
+    Returns (table, kshot): table has one row per dataset with zs_* and lp_* accuracy/CI/n/chance and
+    diff = zs - lp accuracy; kshot has one row per (dataset, k, seed) from `kshot_probes` (empty
+    without ks; a k larger than a class's training samples is skipped).
+    """
+    from clipkit.evaluate import get_templates, kshot_probes
+    from clipkit.probes.finegrained import fit_linear_probe, predict
+    rows, curves = [], []
+    for name in datasets:
+        train, test = load_split_pair(name, n_train, n_test, seed, root, preprocess)
+        Xtr, ytr = _features(model, train, cache)
+        Xte, yte = _features(model, test, cache)
+        chance = 1.0 / len(test.classes)
+        zs = _zs_pred(model, tokenizer, Xte, test.classes, get_templates(None, test)) == yte
+        probe, lam = fit_linear_probe(Xtr.numpy(), ytr, seed=seed)
+        lp = predict(probe, Xte.numpy()) == yte
+        z, p = stats.accuracy_summary(zs, chance, seed), stats.accuracy_summary(lp, chance, seed)
+        rows.append({"dataset": name, "n_classes": len(test.classes), "n_train": len(ytr),
+                     **{f"zs_{k}": z[k] for k in _ACC}, **{f"lp_{k}": p[k] for k in _ACC[:3]},
+                     "lp_lambda": lam, "diff": z["accuracy"] - p["accuracy"]})
+        usable = [k for k in ks if k <= np.bincount(ytr).min() - 1]  # keep >= 1 sample per class for validation
+        if usable:
+            curves.append(kshot_probes(Xtr.numpy(), ytr, Xte.numpy(), yte, ks=usable, seeds=(seed,))
+                          .assign(dataset=name, zs_accuracy=z["accuracy"], chance=chance))
+    return pd.DataFrame(rows), (pd.concat(curves, ignore_index=True) if curves else pd.DataFrame())
+
+
+def win_summary(table: pd.DataFrame, col: str = "diff") -> dict:
+    """'Zero-shot wins on N of M': wins (diff > 0), losses (< 0), ties, and the mean difference."""
+    d = np.asarray(table[col], dtype=np.float64)
+    return {"zs_wins": int((d > 0).sum()), "zs_losses": int((d < 0).sum()), "ties": int((d == 0).sum()),
+            "n_datasets": int(d.size), "mean_diff": float(d.mean()) if d.size else float("nan")}
+
+
+def mean_accuracy_summary(table: pd.DataFrame, prefix: str = "zs_") -> dict:
+    """Headline over datasets: the mean accuracy with a 95% CI of that mean, mean chance, total n.
+
+    The datasets' test items are independent, so the mean's standard error is sqrt(sum se_i^2) / M,
+    with each dataset's se_i read off its own bootstrap CI as (high - low) / (2 x 1.96).
+    """
+    acc = table[f"{prefix}accuracy"].to_numpy(dtype=float)
+    se = (table[f"{prefix}ci_high"].to_numpy(dtype=float) - table[f"{prefix}ci_low"].to_numpy(dtype=float)) / 3.92
+    mean, half = float(acc.mean()), 1.96 * float(np.sqrt((se ** 2).sum())) / len(acc)
+    return {"accuracy": mean, "ci_low": max(0.0, mean - half), "ci_high": min(1.0, mean + half),
+            "chance": float(table[f"{prefix}chance"].mean()), "n": int(table[f"{prefix}n"].sum())}
+
+
+# --- effective robustness (paper §3.3) ---------------------------------------------------------
+def run_shift_models(models: Sequence[str], spec, device: str = "cpu") -> list:
+    """`run_shift` of one shift spec for each model spec, loading one model at a time."""
+    from clipkit.models import load_model
+    from clipkit.probes.shift import run_shift
+    out = []
+    for name in dict.fromkeys(models):
+        model, preprocess, tokenizer = load_model(name, device=device)
+        out.append(run_shift(spec, model, preprocess, tokenizer, model_name=name))
+        del model
+    return out
+
+
+def robustness_points(results) -> pd.DataFrame:
+    """One point per (model, classifier) of several ShiftResults: ID accuracy (with CI, n, chance),
+    OOD accuracy (severities averaged within a shift, then shifts averaged) and the drop."""
+    rows = []
+    for r in results:
+        t = r.table
+        for clf, g in t.groupby("classifier", sort=False):
+            idr = g[g["shift"] == IN_DISTRIBUTION].iloc[0]
+            ood = g[g["shift"] != IN_DISTRIBUTION].groupby("shift")["accuracy"].mean()
+            rows.append({"model": r.model, "classifier": clf, "point": f"{r.model} | {clf}",
+                         **{f"id_{k}": idr[k] for k in _ACC}, "ood_accuracy": float(ood.mean()),
+                         "n_shifts": int(ood.size), "drop": float(idr["accuracy"] - ood.mean())})
+    return pd.DataFrame(rows)
+
+
+def trend_or_reason(points: pd.DataFrame, min_points: int = 3) -> tuple[dict | None, str]:
+    """The logit-space trend of OOD vs ID accuracy over the points, or None and why none is fitted.
+
+    Two points define a line exactly, so any "trend" through them leaves every point at ER 0: a trend
+    needs `min_points` (3+) points with distinct ID accuracies. With a trend, each point's effective
+    robustness (accuracy units) is added to the returned dict under "er" (point -> ER)."""
+    distinct = points["id_accuracy"].nunique()
+    if distinct < min_points:
+        return None, (f"no trend drawn: {len(points)} point(s) with {distinct} distinct ID accuracies; a trend "
+                      f"needs {min_points}+ (two points fix a line exactly and leave no residual). Add models "
+                      f"to EXTRA_MODELS; meanwhile read the ID->OOD drop of each classifier.")
+    slope, intercept = fit_trend(points["id_accuracy"], points["ood_accuracy"])
+    pred = 1 / (1 + np.exp(-(slope * logit(points["id_accuracy"].to_numpy()) + intercept)))
+    er = dict(zip(points["point"], points["ood_accuracy"].to_numpy() - pred))
+    return {"slope": slope, "intercept": intercept, "er": er}, f"trend fitted over {len(points)} points"
+
+
+# --- embedding atlas ---------------------------------------------------------------------------
+def probe_embeddings(result, model, preprocess, tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """(image features (N, d), true-caption features (N, d)) of a ProbeResult's items, L2-normalised."""
+    from clipkit.evaluate import encode_images, encode_texts
+    img = encode_images(model, preprocess, [it.image for it in result.items])
+    txt = encode_texts(model, tokenizer, [it.captions[it.answer] for it in result.items])
+    return img.numpy(), txt.numpy()
+
+
+def modality_gap(image_features, text_features) -> dict:
+    """The modality gap (Liang et al. 2022): distance between the image and text centroids of
+    L2-normalised embeddings, their cosine, and the mean cosine of paired image/text rows."""
+    a, b = np.asarray(image_features, np.float64), np.asarray(text_features, np.float64)
+    ca, cb = a.mean(0), b.mean(0)
+    cos = float(ca @ cb / (np.linalg.norm(ca) * np.linalg.norm(cb) + 1e-12))
+    paired = float((a * b).sum(1).mean()) if a.shape == b.shape else float("nan")
+    return {"gap": float(np.linalg.norm(ca - cb)), "centroid_cosine": cos, "paired_cosine": paired}
+
+
+def atlas_frame(image_features, text_features, factors: pd.DataFrame, correct, n_neighbors: int = 10,
+                seed: int = 0) -> pd.DataFrame:
+    """A joint 2-d UMAP (cosine metric, fixed random_state) of images and captions: one row per point
+    with x, y, modality ('image'/'text'), item, the item's factors and whether the probe got it right."""
+    import umap
+    X = np.concatenate([image_features, text_features])                     # (2N, d)
+    k = max(2, min(n_neighbors, len(X) - 1))                                  # UMAP needs k < n points
+    xy = umap.UMAP(n_neighbors=k, random_state=seed, metric="cosine", init="random", n_jobs=1).fit_transform(X)
+    n = len(image_features)
+    base = factors.reset_index(drop=True).assign(item=np.arange(n), correct=np.asarray(correct, bool))
+    return pd.concat([base.assign(modality="image", x=xy[:n, 0], y=xy[:n, 1]),
+                      base.assign(modality="text", x=xy[n:, 0], y=xy[n:, 1])], ignore_index=True)
+
+
+# --- prompt sensitivity (paper §3.1.4) ---------------------------------------------------------
+def template_sets(family_templates: Sequence[str]) -> dict[str, list[str]]:
+    """The ensembles compared: the family's own, the 7 (forward-selected) and the 80 ImageNet templates."""
+    from clipkit.evaluate.zeroshot import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
+    return {"family": list(family_templates), "ensemble-7": list(SIMPLE_TEMPLATES),
+            "ensemble-80": list(IMAGENET_TEMPLATES)}
+
+
+def prompt_sensitivity(model, tokenizer, features, targets, classes: Sequence[str], sets: dict[str, list[str]],
+                       singles: Sequence[str] | None = None, seed: int = 0) -> pd.DataFrame:
+    """Zero-shot accuracy (CI, n, chance) of each single template and of each ensemble in `sets`.
+
+    singles default to every distinct template of the sets (the family's, the 7 and the 80, plus the
+    bare class name). One row per template: template, kind ('single'/'ensemble'), set, accuracy...;
+    sorted by accuracy, best first."""
+    from clipkit.evaluate import encode_texts
+    y = np.asarray(targets)
+    chance = 1.0 / len(classes)
+    if singles is None:
+        singles = list(dict.fromkeys(["{c}", *[t for ts in sets.values() for t in ts]]))
+    # every (template, class) prompt encoded once, in one batch: 85 templates x C classes
+    templates = list(dict.fromkeys([*singles, *[t for ts in sets.values() for t in ts]]))
+    emb = encode_texts(model, tokenizer, [t.format(c=c) for t in templates for c in classes])
+    emb = emb.reshape(len(templates), len(classes), -1)                       # (T, C, d), rows L2-normalised
+    row = {t: i for i, t in enumerate(templates)}
+
+    def correct(ts):  # the §3.1.4 ensemble: mean of normalised prompt embeddings, renormalised
+        w = emb[[row[t] for t in ts]].mean(0)                                 # (C, d)
+        w = w / w.norm(dim=-1, keepdim=True)
+        return (features.float() @ w.T).argmax(1).numpy() == y
+
+    rows = []
+    for name, ts in sets.items():
+        rows.append({"template": f"{name} ({len(ts)})", "kind": "ensemble", "set": name,
+                     **stats.accuracy_summary(correct(ts), chance, seed)})
+    for t in singles:
+        member = [n for n, ts in sets.items() if t in ts]
+        rows.append({"template": t, "kind": "single", "set": ",".join(member) or "bare",
+                     **stats.accuracy_summary(correct([t]), chance, seed)})
+    return pd.DataFrame(rows).sort_values("accuracy", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def spread_summary(table: pd.DataFrame) -> dict:
+    """How much accuracy moves across single templates: best, worst, range, std, median; each ensemble's
+    accuracy and its gain over the median single template."""
+    s = table[table["kind"] == "single"]["accuracy"].to_numpy(np.float64)
+    out = {"n_templates": int(s.size), "single_best": float(s.max()), "single_worst": float(s.min()),
+           "single_range": float(s.max() - s.min()), "single_std": float(s.std()),
+           "single_median": float(np.median(s))}
+    for _, r in table[table["kind"] == "ensemble"].iterrows():
+        out[f"{r['set']}_accuracy"] = float(r["accuracy"])
+        out[f"{r['set']}_gain_over_median"] = float(r["accuracy"] - np.median(s))
+    return out
