@@ -78,12 +78,14 @@ def _print_effective_robustness(probe: str, results: list, out: str | None) -> N
 
 def eval_main(argv=None) -> int:
     from clipkit.models import DEFAULT_MODEL, load_model
-    from clipkit.evaluate.synthetic import synthetic_retrieval
+    from clipkit.evaluate.synthetic import HELD_OUT_SEED, synthetic_retrieval
     p = argparse.ArgumentParser(prog="clipkit eval", description="Caption<->image retrieval on held-out "
                                 "synthetic scenes (recall@k, with the chance level).")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--n", type=int, default=500, help="held-out scenes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=HELD_OUT_SEED,
+                   help="corpus seed of the held-out scenes (training uses the run's --seed, default 0: "
+                        "do not evaluate on that)")
     a = p.parse_args(argv)
     model, preprocess, tokenizer = load_model(a.model)
     print(json.dumps(synthetic_retrieval(model, preprocess, tokenizer, n=a.n, seed=a.seed), indent=2))
