@@ -40,6 +40,10 @@ SHAPES = {
     "octagon": ("polygon", 8),
     "diamond": ("diamond", 0),
     "star": ("star", 5),
+    "four-pointed star": ("star", 4),   # stars by number of points: a fine-grained family
+    "six-pointed star": ("star", 6),
+    "seven-pointed star": ("star", 7),
+    "eight-pointed star": ("star", 8),
     "cross": ("cross", 0),
 }
 PLURALS = {name: name + "s" for name in SHAPES}

@@ -89,10 +89,12 @@ def _single(seed: int, shape: str | None = None, colour=None, size: str | None =
 SHADES = {"navy": (20, 30, 120), "blue": synth.COLOURS["blue"], "sky blue": (110, 175, 240),
           "cyan": synth.COLOURS["cyan"], "teal": (30, 130, 140)}
 POLYGONS = ("triangle", "square", "pentagon", "hexagon", "heptagon", "octagon")  # 3..8 sides
+STARS = ("four-pointed star", "star", "six-pointed star", "seven-pointed star", "eight-pointed star")  # 4..8 points
 
 FAMILIES: dict[str, Family] = {
     "shape": Family({s: partial(_single, shape=s) for s in synth.BASIC_SHAPES}),
     "polygon": Family({s: partial(_single, shape=s) for s in POLYGONS}),
+    "star": Family({s: partial(_single, shape=s) for s in STARS}),
     "colour": Family({c: partial(_single, colour=c) for c in synth.BASIC_COLOURS},
                      ("a {c} shape.", "a {c} object.")),
     "shade": Family({name: partial(_single, colour=rgb) for name, rgb in SHADES.items()},
