@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from clipkit import synth
 from clipkit.probes import SpecError
@@ -13,6 +12,7 @@ from clipkit.probes.shift import effective_robustness
 from clipkit.probes.shift_folders import FolderSet, load_folder_shift_spec, run_folder_shift
 from clipkit.robustness import IN_DISTRIBUTION
 from clipkit.shifts import shifted_image
+from conftest import BlindImageModel
 
 SHAPES = ["circle", "square", "triangle"]
 
@@ -80,24 +80,11 @@ def test_zero_shot_only_and_caps(folders, nano):
     assert np.isnan(r.summary["lp_accuracy"]) and np.isnan(r.summary["lp_drop"]) and "lp_correct" not in r.items
 
 
-class _Blind(torch.nn.Module):
-    """Image embedding independent of the image; text side clipkit-nano's."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.text = model
-
-    def encode_image(self, x):
-        return torch.ones(x.shape[0], self.text.encode_text(torch.zeros(1, 1, dtype=torch.long)).shape[-1])
-
-    def encode_text(self, tokens):
-        return self.text.encode_text(tokens)
-
 
 def test_a_blind_model_is_at_chance_on_balanced_sets(folders, nano):
     model, preprocess, tokenizer = nano
     spec = {k: v for k, v in _spec(folders).items() if k != "id_train"}
-    r = run_folder_shift(spec, _Blind(model), preprocess, tokenizer, cache=False)
+    r = run_folder_shift(spec, BlindImageModel(model), preprocess, tokenizer, cache=False)
     # one answer for every image: exactly one class's share of each balanced set, i.e. its chance level
     assert np.allclose(r.table["accuracy"], r.table["chance"])
 

@@ -11,6 +11,7 @@ import torch
 from clipkit.probes import SpecError
 from clipkit.probes.shift import ShiftSpec, conditions, effective_robustness, load_shift_spec, run_shift, summarise
 from clipkit.robustness import IN_DISTRIBUTION
+from conftest import BlindImageModel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,24 +88,11 @@ def test_run_on_nano(nano, tmp_path):
     assert rec["task"] == "distribution_shift" and len(rec["table"]) == 8
 
 
-class _Blind(torch.nn.Module):
-    """A model whose image embedding ignores the image; its text side is clipkit-nano's."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.text = model
-
-    def encode_image(self, x):
-        return torch.ones(x.shape[0], self.text.encode_text(torch.zeros(1, 1, dtype=torch.long)).shape[-1])
-
-    def encode_text(self, tokens):
-        return self.text.encode_text(tokens)
-
 
 def test_a_model_blind_to_the_image_is_at_chance_everywhere(nano):
     model, preprocess, tokenizer = nano
     spec = {"name": "s", "shifts": ["contrast"], "severities": [3], "n_train": 12, "n_test": 12}
-    r = run_shift(spec, _Blind(model), preprocess, tokenizer, cache=False)
+    r = run_shift(spec, BlindImageModel(model), preprocess, tokenizer, cache=False)
     assert np.allclose(r.table["accuracy"], 1 / 6)            # 12 balanced items over 6 shapes, one answer
     assert r.summary["zs_drop"] == 0 and r.summary["lp_drop"] == 0
 

@@ -70,13 +70,17 @@ def check_keys(d, keys: dict, required: tuple, source: str) -> dict:
     return dict(d)
 
 
-def load_finegrained_spec(spec, **overrides) -> FineGrainedSpec:
-    """A validated FineGrainedSpec from a dict, YAML path or name; overrides (n_test=...) replace keys."""
-    if isinstance(spec, FineGrainedSpec):
-        spec = asdict(spec)
-    d, source = read_spec(spec)
+def read_with_overrides(spec, overrides: dict) -> tuple[dict, str]:
+    """(mapping, source) of a spec dataclass, dict, YAML path or name, with non-None overrides applied."""
+    d, source = read_spec(asdict(spec) if hasattr(spec, "__dataclass_fields__") else spec)
     if isinstance(d, dict):
         d.update({k: v for k, v in overrides.items() if v is not None})
+    return d, source
+
+
+def load_finegrained_spec(spec, **overrides) -> FineGrainedSpec:
+    """A validated FineGrainedSpec from a dict, YAML path or name; overrides (n_test=...) replace keys."""
+    d, source = read_with_overrides(spec, overrides)
     d = check_keys(d, FINEGRAINED_KEYS, ("name", "dataset"), source)
     for key in ("n_train", "n_test", "image_size"):
         if d.get(key, 1) < 1:

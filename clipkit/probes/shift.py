@@ -23,8 +23,7 @@ import pandas as pd
 
 from clipkit import stats
 from clipkit.probes.engine import SpecError, _jsonable
-from clipkit.probes.engine import read_spec
-from clipkit.probes.finegrained import check_keys, fit_linear_probe, predict
+from clipkit.probes.finegrained import check_keys, fit_linear_probe, predict, read_with_overrides
 from clipkit.robustness import IN_DISTRIBUTION, robustness_by_model
 from clipkit.shifts import SHIFTS, get_shift, shifted_image
 
@@ -55,11 +54,7 @@ SHIFT_KEYS = {"name": str, "family": str, "shifts": (list, type(None)), "severit
 def load_shift_spec(spec, **overrides) -> ShiftSpec:
     """A validated ShiftSpec from a dict, YAML path or name in probes/; overrides (n_test=...) replace keys."""
     from clipkit.evaluate.datasets import FAMILIES
-    if isinstance(spec, ShiftSpec):
-        spec = asdict(spec)
-    d, source = read_spec(spec)
-    if isinstance(d, dict):
-        d.update({k: v for k, v in overrides.items() if v is not None})
+    d, source = read_with_overrides(spec, overrides)
     d = check_keys(d, SHIFT_KEYS, ("name",), source)
     if d.get("family", "shape") not in FAMILIES:
         raise SpecError(f"{source}: unknown family {d['family']!r}; known synthetic families: {sorted(FAMILIES)}")

@@ -18,7 +18,7 @@ severity 0), so shift.effective_robustness fits trends across models as for synt
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -28,8 +28,8 @@ import yaml
 
 from clipkit.evaluate.cache import files_fingerprint, params_fingerprint
 from clipkit.evaluate.datasets import ImageFolderClassification
-from clipkit.probes.engine import SpecError, read_spec
-from clipkit.probes.finegrained import check_keys
+from clipkit.probes.engine import SpecError
+from clipkit.probes.finegrained import check_keys, read_with_overrides
 from clipkit.probes.shift import ShiftResult, summarise
 from clipkit.robustness import IN_DISTRIBUTION
 
@@ -92,11 +92,7 @@ def load_folder_shift_spec(spec, **overrides) -> FolderShiftSpec:
     Checks the folders now (before any model loads): each exists, OOD and train class folders are ID
     classes, the class-name map covers every ID folder. Relative paths are read from the spec's folder
     (a dict spec: the working directory) and stored absolute."""
-    if isinstance(spec, FolderShiftSpec):
-        spec = asdict(spec)
-    d, source = read_spec(spec)
-    if isinstance(d, dict):
-        d.update({k: v for k, v in overrides.items() if v is not None})
+    d, source = read_with_overrides(spec, overrides)
     d = check_keys(d, FOLDER_SHIFT_KEYS, ("name", "id_test", "ood"), source)
     base = Path(source).resolve().parent if Path(source).is_file() else Path.cwd()
     for key in ("n_train", "n_test"):
