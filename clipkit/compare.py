@@ -4,19 +4,19 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def paired_comparisons(root: str | Path, baseline: str | None = None) -> list[dict]:
+def paired_comparisons(root: str | Path, baseline: str | None = None, exclude=()) -> list[dict]:
     """Compare each model folder's per-item probe tables with the baseline folder's, item by item.
 
     A probe table is any `<probe>.csv` with `item` and `correct` columns (what ProbeResult.save
     writes). Two models are compared only on the items both answered, which are the same images
     when they ran the same spec and seed. The baseline is the given folder name, else the first
-    folder alphabetically. Returns one dict per (probe, model): accuracies, n, discordant counts,
+    folder alphabetically; folders named in `exclude` are skipped. Returns one dict per (probe, model): accuracies, n, discordant counts,
     the exact two-sided McNemar p-value.
     """
     import pandas as pd
     from clipkit.stats import mcnemar
     root = Path(root)
-    dirs = sorted(d for d in root.iterdir() if d.is_dir() and any(d.glob("*.csv")))
+    dirs = sorted(d for d in root.iterdir() if d.is_dir() and d.name not in exclude and any(d.glob("*.csv")))
     if len(dirs) < 2:
         return []
     base = next((d for d in dirs if d.name == baseline), dirs[0])

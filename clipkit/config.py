@@ -39,6 +39,10 @@ class TrainConfig:
     max_bad_fraction: float = _f(0.25, "stop with an error when more than this fraction of the images read "
                                  "was unreadable (corrupt, truncated, empty, not an image, too large): a "
                                  "wrong folder or a broken copy, not a few dirty files")
+    augment: str = _f("crop", "crop (the paper's only augmentation: a random square crop of the resized image) | "
+                      "none (resize + centre crop, as at evaluation) | heavy (SimCLR-style random resized crop, "
+                      "horizontal flip, colour jitter: for the augmentation experiment; flips and jitter can "
+                      "falsify left/right and colour words in captions)")
     workers: int = _f(1, "DataLoader worker processes per rank (decode + crop); 0 loads in the main process")
     # --- optimisation: CLIP paper §2.5 and appendix F ---
     steps: int = _f(2000, "optimiser steps (the cosine schedule spans them)")
@@ -91,6 +95,8 @@ class TrainConfig:
             (self.data in ("synthetic", "csv", "wds", "noise"),
              f"data must be synthetic, csv, wds or noise, got {self.data!r}"),
             (bool(self.data_path) or self.data not in ("csv", "wds"), f"--data {self.data} needs --data-path"),
+            (self.augment in ("crop", "none", "heavy"),
+             f"augment must be crop, none or heavy, got {self.augment!r}"),
             (0 <= self.max_bad_fraction <= 1, f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}"),
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
             (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),

@@ -169,3 +169,90 @@ def plot_templates(table: pd.DataFrame, top: int = 40, ax=None):
     ax.set_title("one bar per single template, sorted; lines: ensembles", fontsize=9)
     ax.legend(fontsize=7)
     return ax
+
+
+# --- experiment plots (clipkit.experiments tables) ---------------------------------------------
+def plot_arms(summary: pd.DataFrame, ax=None):
+    """Grouped bars: one group per probe, one bar per arm (first seed), 95% CI whiskers, each
+    probe's chance level as a dashed segment across its group."""
+    s = summary[summary["seed"] == summary["seed"].min()]
+    probes, arms = list(dict.fromkeys(s["probe"])), list(dict.fromkeys(s["arm"]))
+    ax = ax or plt.subplots(figsize=(1.6 * len(probes) * max(1, len(arms) / 2) + 2, 3.6))[1]
+    width = 0.8 / len(arms)
+    for j, (arm, colour) in enumerate(zip(arms, sns.color_palette("deep", n_colors=max(len(arms), 3)))):
+        g = s[s["arm"] == arm].set_index("probe").reindex(probes)
+        x = np.arange(len(probes)) - 0.4 + width * (j + 0.5)
+        acc = g["accuracy"].to_numpy()
+        ax.bar(x, acc, width, yerr=np.vstack([acc - g["ci_low"], g["ci_high"] - acc]), capsize=2,
+               color=colour, label=arm)
+    for i, p in enumerate(probes):
+        ax.hlines(s[s["probe"] == p]["chance"].iloc[0], i - 0.45, i + 0.45, colors="black", linestyles="dashed",
+                  linewidth=1)
+    ax.set_xticks(np.arange(len(probes)), probes)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy (95% CI)")
+    ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.set_title("held-out probes per arm (dashed: chance)", fontsize=9)
+    return ax
+
+
+def plot_loss_curves(trained: pd.DataFrame, x: str = "samples", ax=None):
+    """Training loss per arm (and seed) against pairs seen (x="samples") or optimiser steps."""
+    from clipkit.experiments import loss_curve
+    ax = ax or plt.subplots(figsize=(5.5, 3.4))[1]
+    for row in trained.itertuples():
+        c = loss_curve(row.out)
+        if len(c):
+            xs = c["step"] * row.batch_size if x == "samples" else c["step"]
+            ax.plot(xs, c["loss"], label=f"{row.arm}" + (f" (seed {row.seed})" if trained["seed"].nunique() > 1 else ""))
+    ax.set_xlabel("training pairs seen" if x == "samples" else "optimiser step")
+    ax.set_ylabel("training loss")
+    ax.set_title("training loss (each arm's own objective: not comparable across losses or batch sizes)",
+                 fontsize=8)
+    ax.legend(fontsize=7)
+    return ax
+
+
+def plot_augmentations(examples: dict, size: float = 1.3):
+    """A grid: one row per augmentation (clipkit.experiments.augmentation_examples), one column per draw."""
+    rows, cols = len(examples), max(len(v) for v in examples.values())
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size + 0.3), squeeze=False)
+    for r, (name, images) in enumerate(examples.items()):
+        for c, ax in enumerate(axes[r]):
+            ax.axis("off")
+            if c < len(images):
+                ax.imshow(images[c])
+        axes[r][0].set_title(name, fontsize=8, loc="left")
+    fig.tight_layout()
+    return fig
+
+
+# --- figure export -------------------------------------------------------------------------------
+def save_figure(name: str, out_dir, fig=None) -> list:
+    """Write the figure (default: the current one) as `out_dir/figures/<name>.png` (150 dpi) and
+    `.svg`, each atomically. Returns the two paths."""
+    import os
+    import re
+    from pathlib import Path
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise ValueError(f"figure name must be a plain file name (letters, digits, ._-), got {name!r}")
+    fig = fig if fig is not None else plt.gcf()
+    folder = Path(out_dir) / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "svg"):
+        path, tmp = folder / f"{name}.{ext}", folder / f".{name}.tmp.{ext}"
+        fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def show(name: str, out_dir, fig=None) -> None:
+    """Save the figure (see `save_figure`), then display it inline: what the notebooks call instead
+    of plt.show(), so every report figure also exists as PNG and SVG beside the HTML. Without an
+    open figure (e.g. an empty failure grid) nothing is written."""
+    if fig is None and not plt.get_fignums():
+        return
+    save_figure(name, out_dir, fig)
+    plt.show()
