@@ -34,5 +34,11 @@ def test_train_then_report_notebooks(tmp_path, monkeypatch):
         assert m["chance"] == pytest.approx(chances.get(nb.stem, m["chance"]))
         assert 0 <= m["ci_low"] <= m["accuracy"] <= m["ci_high"] <= 1
         assert (model_dir / f"{nb.stem}.html").stat().st_size > 10_000
+    # every figure shown is exported beside the HTML as PNG and SVG; key figures reach the index
+    pngs = sorted(p.stem for p in (model_dir / "figures").glob("*.png"))
+    assert pngs == sorted(p.stem for p in (model_dir / "figures").glob("*.svg"))
+    assert {"counting_by_count", "counting_confusion", "spatial_by_relation", "binding_by_position",
+            "finegrained_overall", "shift_conditions"} <= set(pngs)
     index = (tmp_path / "reports" / "index.html").read_text()
     assert "probe_counting" in index and "probe_spatial" in index
+    assert f'<img src="{model_dir.name}/figures/counting_by_count.png"' in index

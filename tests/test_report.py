@@ -136,6 +136,8 @@ def test_input_errors(tmp_path, monkeypatch, capsys):
         report.run_reports(["clipkit-tiny"], [nb], parameters={"NN": 1})
     with pytest.raises(ValueError, match="MODEL is set by clipkit report"):
         report.run_reports(["clipkit-tiny"], [nb], parameters={"MODEL": "other"})
+    with pytest.raises(ValueError, match="kept for experiments"):
+        report.run_reports(["experiments"], [nb])
     monkeypatch.chdir(tmp_path)  # no notebooks/ folder here
     with pytest.raises(FileNotFoundError, match=r"notebooks/probe_\*\.ipynb"):
         report.run_reports(["clipkit-tiny"])
@@ -189,3 +191,52 @@ def test_index_compares_models_on_the_same_items(tmp_path):
     assert (c["acc_baseline"], c["acc_model"]) == (0.8, 0.4)
     assert (c["only_a"], c["only_b"]) == (30, 10) and c["p_value"] < 0.01
     assert "Paired comparisons" in (tmp_path / "index.html").read_text()
+
+
+def test_key_figures_reach_the_index_and_must_exist(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from clipkit import viz
+    out = tmp_path / "model_a"
+    with pytest.raises(FileNotFoundError, match="key figure 'bars' was not saved"):
+        report.record_metrics("probe_x", {"accuracy": 0.5}, out, figures=["bars"])
+    plt.plot([0, 1], [1, 0])
+    png, svg = viz.save_figure("bars", out)
+    plt.close("all")
+    assert png.read_bytes()[:4] == b"\x89PNG" and "<svg" in svg.read_text()
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["bars.png", "bars.svg"]   # no temp files
+    with pytest.raises(ValueError, match="plain file name"):
+        viz.save_figure("../x", out)
+    report.record_metrics("probe_x", {"accuracy": 0.5}, out, figures=["bars"])
+    page = report.build_index(tmp_path).read_text()
+    assert '<h2>Key figures</h2>' in page and '<img src="model_a/figures/bars.png"' in page
+    assert 'href="model_a/figures/bars.svg"' in page
+
+
+def test_promote_merges_figure_folders(tmp_path):
+    """Two notebooks of one model each write figures/: the second must not delete the first's."""
+    model_dir = tmp_path / "m"
+    for stem, fig in (("a", "one"), ("b", "two")):
+        staging = model_dir / f"_staging_{stem}"
+        (staging / "figures").mkdir(parents=True)
+        (staging / "figures" / f"{fig}.png").write_bytes(b"png")
+        (staging / f"{stem}.metrics.json").write_text("{}")
+        assert report._promote(staging, model_dir) == [f"{stem}.metrics.json"]
+    assert sorted(p.name for p in (model_dir / "figures").iterdir()) == ["one.png", "two.png"]
+
+
+def test_default_notebooks_are_probes_and_analyses(monkeypatch):
+    from pathlib import Path
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    stems = [p.stem for p in report._find_notebooks(None, report.DEFAULT_NOTEBOOKS)]
+    assert stems[:5] == ["probe_binding", "probe_counting", "probe_finegrained", "probe_shift", "probe_spatial"]
+    assert stems[5:] == ["analysis_atlas", "analysis_prompts", "analysis_robustness", "analysis_zeroshot_vs_linear"]
+    exps = [p.stem for p in report._find_notebooks(None, report.EXPERIMENT_NOTEBOOKS)]
+    assert exps == ["experiment_augmentation", "experiment_batch_size", "experiment_hard_negatives"]
+
+
+def test_main_needs_a_model_or_experiments(capsys):
+    with pytest.raises(SystemExit) as e:
+        report.main([])
+    assert e.value.code == 2 and "--model SPEC" in capsys.readouterr().err

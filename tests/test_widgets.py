@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from clipkit import synth, widgets
+from clipkit import explore, synth, widgets
 from clipkit.probes import load_spec, run_probe
 from clipkit.widgets import (ANY, CaptionScorer, FailureBrowser, LoadedModel, ModelPicker, TextSearch,
                              caption_probabilities, compose_scene, decode_image, filter_items, parse_captions,
@@ -137,11 +137,11 @@ def test_decode_image_reads_images_and_explains_the_rest():
 
 
 def test_caption_feature_cache_is_bounded_and_exact(nano_loaded, monkeypatch):
-    monkeypatch.setattr(widgets, "TEXT_CACHE", 2)
+    monkeypatch.setattr(explore, "TEXT_CACHE", 2)   # LoadedModel lives in clipkit.explore
     texts = ["one red circle", "two red circles", "three red circles"]
     feats = nano_loaded.text_features(texts)
     assert feats.shape == (3, 32) and list(nano_loaded._text) == texts[1:]   # least recently used dropped
-    torch.testing.assert_close(feats, widgets.encode_texts(nano_loaded.model, nano_loaded.tokenizer, texts))
+    torch.testing.assert_close(feats, explore.encode_texts(nano_loaded.model, nano_loaded.tokenizer, texts))
     torch.testing.assert_close(nano_loaded.text_features(texts[::-1]), feats.flip(0))
 
 
