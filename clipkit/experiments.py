@@ -54,7 +54,7 @@ def hard_negative_arms(hard_negatives: int = 3) -> list[Arm]:
             Arm("hard-negatives", {"loss": "negclip", "hard_negatives": hard_negatives})]
 
 
-def batch_size_arms(batch_sizes=(32, 128, 512), samples: int = 38_400, warmup_fraction: float = 0.1) -> list[Arm]:
+def batch_size_arms(batch_sizes=(32, 128, 512), samples: int = 76_800, warmup_fraction: float = 0.1) -> list[Arm]:
     """(b) The same number of training pairs seen at each contrastive batch size: steps = samples /
     batch (so a smaller batch takes more, noisier steps against fewer negatives), warm-up a fixed
     fraction of the steps, the learning rate unchanged (the base config's)."""

@@ -129,7 +129,9 @@ def _run_folder(folder: Path, spec, nbs, declared, parameters, summary, counter,
         print(tag, file=sys.stderr, flush=True)
         params = {k: v for k, v in parameters.items() if k in declared[nb]}
         given = ({"MODEL": spec} if spec is not None else {}) | params
-        e = _run_one(nb, folder, given, kernel, timeout, html, hide_code, cwd, entries.get(nb.stem, {}))
+        # experiments stream the kernel's stderr (training progress) to ours: a cell may train for minutes
+        e = _run_one(nb, folder, given, kernel, timeout, html, hide_code, cwd, entries.get(nb.stem, {}),
+                     stream=spec is None)
         e.update(parameters=params, git=meta["git"])
         entries[nb.stem] = e
         if e["status"] == "ok":
@@ -146,7 +148,7 @@ def _run_folder(folder: Path, spec, nbs, declared, parameters, summary, counter,
             indent=2, default=str) + "\n")
 
 
-def _run_one(nb, model_dir, params, kernel, timeout, want_html, hide_code, cwd, old) -> dict:
+def _run_one(nb, model_dir, params, kernel, timeout, want_html, hide_code, cwd, old, stream=False) -> dict:
     """Execute one notebook; on success promote its outputs, on failure keep them aside."""
     import papermill as pm
     from nbconvert import HTMLExporter
@@ -168,7 +170,7 @@ def _run_one(nb, model_dir, params, kernel, timeout, want_html, hide_code, cwd, 
         out = pm.execute_notebook(
             str(nb), str(tmp_nb), parameters={**params, "OUT_DIR": str(staging)},
             kernel_name=kernel, language="python", progress_bar=False, request_save_on_cell_execute=True,
-            execution_timeout=timeout, cwd=str(cwd))
+            execution_timeout=timeout, cwd=str(cwd), stderr_file=sys.stderr if stream else None)
         if want_html:
             page = HTMLExporter(exclude_input=hide_code).from_notebook_node(out)[0]
             tmp_html.write_text(page, encoding="utf-8")

@@ -90,13 +90,14 @@ def _render(rows: list[dict], probes: list[str], paired: list[dict] = (), experi
         body.append(f"<tr><th>{esc(r['model'])}{slug}</th>{''.join(cells)}</tr>")
     runs = "".join(f"<tr><td>{esc(r['model'])}</td><td>{esc(str(r['updated'] or ''))}</td>"
                    f"<td>{esc(str(r['git'] or '?'))}</td>"
-                   f"<td>{esc(', '.join(f'{k} {v}' for k, v in r['versions'].items()))}</td></tr>" for r in rows)
+                   f"<td>{esc(', '.join(f'{k} {v}' for k, v in r['versions'].items()))}</td></tr>"
+                   for r in [*rows, *([experiments] if experiments else [])])
     return (f"<!DOCTYPE html>\n<html><head><meta charset=utf-8><title>clipkit reports</title>"
             f"<style>{_CSS}</style></head><body><h1>clipkit reports</h1>"
             f"<p class=meta>Accuracy with its 95% CI [low, high], chance level and n. "
             f"Generated {esc(now())}.</p><table><tr><th>model</th>{head}</tr>{''.join(body)}</table>"
             f"{_paired_table(paired)}{_figures(rows)}{_experiments(experiments)}"
-            f"<h2>Runs</h2><table><tr><th>model</th><th>updated</th><th>git</th><th>versions</th></tr>"
+            f"<h2>Runs</h2><table><tr><th>model / experiments</th><th>updated</th><th>git</th><th>versions</th></tr>"
             f"{runs}</table>"
             f"</body></html>\n")
 
