@@ -236,7 +236,14 @@ def test_default_notebooks_are_probes_and_analyses(monkeypatch):
     assert exps == ["experiment_augmentation", "experiment_batch_size", "experiment_hard_negatives"]
 
 
-def test_main_needs_a_model_or_experiments(capsys):
+def test_main_needs_a_model_or_experiments(capsys, monkeypatch):
+    from pathlib import Path
     with pytest.raises(SystemExit) as e:
         report.main([])
     assert e.value.code == 2 and "--model SPEC" in capsys.readouterr().err
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    # a parameter no notebook declares is refused before anything runs, also with both sets
+    assert report.main(["--model", "clipkit-nano", "--experiments", "--param", "NOPE=1"]) == 2
+    assert "'NOPE' is not set in the parameters cell" in capsys.readouterr().err
+    assert report.main(["--experiments", "--param", "MODLE=1"]) == 2
+    assert "'MODLE' is not set" in capsys.readouterr().err
