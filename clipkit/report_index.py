@@ -25,7 +25,9 @@ def build_index(out_root="reports") -> Path:
                if d.is_dir() and ((d / "run.json").exists() or any(d.glob("*.metrics.json")))]
     rows = [_collect(d) for d in folders if d.name != EXPERIMENTS]
     experiments = _collect(root / EXPERIMENTS) if root / EXPERIMENTS in folders else None
-    probes = sorted({p for r in rows for p in r["probes"]})
+    # columns: the probe notebooks, then the analyses, then anything else (alphabetical within each)
+    probes = sorted({p for r in rows for p in r["probes"]},
+                    key=lambda p: (0 if p.startswith("probe_") else 1 if p.startswith("analysis_") else 2, p))
     from clipkit.compare import paired_comparisons  # pandas/scipy: only when building the index
     paired = paired_comparisons(root, exclude=(EXPERIMENTS,))
     atomic_write(root / "summary.json", json.dumps(
@@ -115,7 +117,8 @@ def _figures(rows) -> str:
     for r in rows:
         figs = [_figure(f, f"{key}: {f['name']}") for key, p in r["probes"].items() for f in p.get("figures", [])]
         if figs:
-            parts.append(f"<h3>{html.escape(r['model'])}</h3>{''.join(figs)}")
+            parts.append(f"<details open><summary><b>{html.escape(r['model'])}</b> ({len(figs)} figures)</summary>"
+                         f"{''.join(figs)}</details>")
     return f"<h2>Key figures</h2>{''.join(parts)}" if parts else ""
 
 
