@@ -26,8 +26,11 @@ class RunLog:
         if progress:
             from tqdm import tqdm
             # counted in samples, so the bar's rate is samples/s; updated per step with no device sync
+            # redrawn every second on a terminal; into a log file (make report > log) every 30 s,
+            # so a CI log holds a few dozen lines, not thousands of carriage-return updates
             self.bar = tqdm(total=total * unit_per_step, initial=initial * unit_per_step, unit="sample",
-                            unit_scale=True, dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
+                            unit_scale=True, dynamic_ncols=True, file=sys.stderr, smoothing=0.1,
+                            mininterval=1 if sys.stderr.isatty() else 30)
         self.unit = unit_per_step
 
     def advance(self, steps: int = 1) -> None:
