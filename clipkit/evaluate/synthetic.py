@@ -18,12 +18,8 @@ def synthetic_retrieval(model, preprocess, tokenizer, n: int = 500, seed: int = 
     image counts as correct for a caption when its own caption is the same string. The chance
     level of recall@1 is then the mean fraction of correct images per caption, reported beside it.
     """
-    scenes = [synth.corpus_item(i, seed=seed) for i in range(n)]
-    captions = [synth.caption(s) for s in scenes]
-    img = encode_images(model, preprocess, (synth.render(s, size=image_size) for s in scenes)).numpy()
-    txt = encode_texts(model, tokenizer, captions).numpy()
-    same = np.array(captions)[:, None] == np.array(captions)[None, :]        # (caption, image) positives
-    sim = txt @ img.T                                                         # (n captions, n images)
+    sim, captions = held_out_similarity(model, preprocess, tokenizer, n, seed, image_size)
+    same = captions[:, None] == captions[None, :]                             # (caption, image) positives
     out = {"n": n, "unique_captions": len(set(captions))}
     for k in ks:
         out[f"image_retrieval_recall@{k}"] = float(recall_at_k(sim, same, k).mean())   # caption -> image
@@ -32,3 +28,14 @@ def synthetic_retrieval(model, preprocess, tokenizer, n: int = 500, seed: int = 
         m = same.sum(1)
         out[f"chance@{k}"] = float(np.mean(1 - np.prod([(n - m - j) / (n - j) for j in range(k)], axis=0)))
     return out
+
+
+def held_out_similarity(model, preprocess, tokenizer, n: int, seed: int = HELD_OUT_SEED,
+                        image_size: int = 72) -> tuple[np.ndarray, np.ndarray]:
+    """(sim, captions): the (n captions, n images) cosine similarities of n held-out corpus scenes,
+    and their captions (n,); image j is a positive for caption i when captions[j] == captions[i]."""
+    scenes = [synth.corpus_item(i, seed=seed) for i in range(n)]
+    captions = np.array([synth.caption(s) for s in scenes])
+    img = encode_images(model, preprocess, (synth.render(s, size=image_size) for s in scenes)).numpy()
+    txt = encode_texts(model, tokenizer, list(captions)).numpy()
+    return txt @ img.T, captions
