@@ -31,7 +31,8 @@ from clipkit.evaluate.synthetic import HELD_OUT_SEED
 
 PROBES = ("counting", "spatial", "spatial_swap", "binding")
 RETRIEVAL = "retrieval"   # the probe name used for held-out caption->image recall@1
-# Fields that do not change what is trained (as clipkit.train.RESUMABLE_CHANGES, plus bookkeeping).
+# Fields that do not change what is trained. Not clipkit.train.RESUMABLE_CHANGES: a run may resume
+# with more `steps`, but an arm trained for other steps is another arm.
 _IGNORED = {"out", "resume", "workers", "progress", "tensorboard", "log_every", "save_every",
             "keep_checkpoints", "device", "eval_every", "eval_n"}
 
