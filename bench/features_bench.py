@@ -68,7 +68,7 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=2000, help="images")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--family", default="shape", help="synthetic family (clipkit.evaluate.datasets.FAMILIES)")
+    ap.add_argument("--family", default="shape", help="synthetic family (clipkit.data.classification.FAMILIES)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each side, in alternating order")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
@@ -85,7 +85,7 @@ def main(argv=None):
         return out
 
     import clip_benchmark.metrics.zeroshot_classification as cb
-    from clipkit.evaluate.datasets import SyntheticClassification
+    from clipkit.data.classification import SyntheticClassification
     from clipkit.evaluate.cache import flush, model_fingerprint
     from clipkit.evaluate.features import extract_image_features
     from clipkit.evaluate.zeroshot import zero_shot_classifier

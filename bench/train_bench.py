@@ -46,7 +46,7 @@ def env() -> dict:
 
 def write_dataset(root: Path, rows: int, size: int) -> Path:
     """rows synthetic scenes as JPEG files + a CSV (filepath,title) of absolute paths; reused if present."""
-    from clipkit import synth
+    from clipkit.world import synth
     root.mkdir(parents=True, exist_ok=True)
     csv = root / f"all_{rows}.csv"
     if csv.exists():

@@ -62,17 +62,17 @@ def _model_dir(model: str, i: int) -> str:
 
 
 def _print_effective_robustness(probe: str, results: list, out: str | None) -> None:
-    """§3.3 across models: every (model, classifier) is a point of the logit-space trend (shift.effective_robustness)."""
-    from clipkit.probes.shift import effective_robustness
+    """§3.3 across models: every (model, classifier) is a point of the logit-space trend (analysis.robustness.effective_robustness_of)."""
+    from clipkit.analysis.robustness import effective_robustness_of
     try:
-        er = effective_robustness(results)
+        er = effective_robustness_of(results)
     except ValueError as e:   # too few points with distinct ID accuracies: say so, keep the per-model results
         print(f"{probe}: effective robustness not computed: {e}")
         return
     print(f"{probe}: effective robustness (trend fitted over all {len(er)} model | classifier points)")
     print(er.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if out:
-        from clipkit.checkpoint import atomic_write_text
+        from clipkit.core.files import atomic_write_text
         atomic_write_text(Path(out) / f"{probe}.effective_robustness.csv", er.to_csv(index=False))
 
 
@@ -92,6 +92,23 @@ def eval_main(argv=None) -> int:
     return 0
 
 
+def train_main(argv=None) -> int:
+    """`clipkit train ...` / `torchrun ... -m clipkit train ...`: the config from flags and YAML, the
+    evaluation hook (here, not in the loop: training never imports the probes), then the loop."""
+    import os
+    from clipkit.train.config import TrainConfig
+    from clipkit.train.loop import train
+    cfg = TrainConfig.from_argv(argv)
+    hooks = []
+    if cfg.eval_every:
+        from clipkit.probes.hooks import EvalHook
+        hooks.append(EvalHook(cfg.model, cfg.eval_every, cfg.eval_n))
+    out = train(cfg, hooks)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(out)
+    return 0
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -99,13 +116,13 @@ def main(argv=None) -> int:
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd == "train":
-        from clipkit.train import main as run
+        run = train_main
     elif cmd == "probe":
         run = probe_main
     elif cmd == "eval":
         run = eval_main
     elif cmd == "report":
-        from clipkit.report import main as run
+        from clipkit.report.runner import main as run
     else:
         print(f"clipkit: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
         return 2

@@ -102,7 +102,7 @@ def plot_kshot(kshot: pd.DataFrame, ax=None):
 
 def plot_logit_robustness(points: pd.DataFrame, trend: dict | None = None, ax=None):
     """OOD vs ID accuracy on logit axes (ticks in %), y = x dashed, and the fitted trend when given."""
-    from clipkit.robustness import logit
+    from clipkit.core.stats import logit
     ax = ax or plt.subplots(figsize=(5, 4.5))[1]
     x, y = logit(points["id_accuracy"].to_numpy()), logit(points["ood_accuracy"].to_numpy())
     for (xi, yi, label, clf) in zip(np.atleast_1d(x), np.atleast_1d(y), points["point"], points["classifier"]):
@@ -171,7 +171,7 @@ def plot_templates(table: pd.DataFrame, top: int = 40, ax=None):
     return ax
 
 
-# --- experiment plots (clipkit.experiments tables) ---------------------------------------------
+# --- experiment plots (clipkit.analysis.experiments tables) ---------------------------------------------
 def plot_arms(summary: pd.DataFrame, ax=None):
     """Grouped bars: one group per probe, one bar per arm (first seed), 95% CI whiskers, each
     probe's chance level as a dashed segment across its group."""
@@ -196,15 +196,16 @@ def plot_arms(summary: pd.DataFrame, ax=None):
     return ax
 
 
-def plot_loss_curves(trained: pd.DataFrame, x: str = "samples", ax=None):
-    """Training loss per arm (and seed) against pairs seen (x="samples") or optimiser steps."""
-    from clipkit.experiments import loss_curve
+def plot_loss_curves(curves: pd.DataFrame, x: str = "samples", ax=None):
+    """Training loss per arm (and seed) against pairs seen (x="samples") or optimiser steps.
+
+    `curves`: one row per logged step with arm, seed, step, loss, batch_size
+    (clipkit.analysis.experiments.loss_curves)."""
     ax = ax or plt.subplots(figsize=(5.5, 3.4))[1]
-    for row in trained.itertuples():
-        c = loss_curve(row.out)
-        if len(c):
-            xs = c["step"] * row.batch_size if x == "samples" else c["step"]
-            ax.plot(xs, c["loss"], label=f"{row.arm}" + (f" (seed {row.seed})" if trained["seed"].nunique() > 1 else ""))
+    several_seeds = curves["seed"].nunique() > 1 if len(curves) else False
+    for (arm, seed), c in curves.groupby(["arm", "seed"], sort=False):
+        xs = c["step"] * c["batch_size"] if x == "samples" else c["step"]
+        ax.plot(xs, c["loss"], label=f"{arm}" + (f" (seed {seed})" if several_seeds else ""))
     ax.set_xlabel("training pairs seen" if x == "samples" else "optimiser step")
     ax.set_ylabel("training loss")
     ax.set_title("training loss (each arm's own objective: not comparable across losses or batch sizes)",
@@ -214,7 +215,7 @@ def plot_loss_curves(trained: pd.DataFrame, x: str = "samples", ax=None):
 
 
 def plot_augmentations(examples: dict, size: float = 1.3):
-    """A grid: one row per augmentation (clipkit.experiments.augmentation_examples), one column per draw."""
+    """A grid: one row per augmentation (clipkit.analysis.experiments.augmentation_examples), one column per draw."""
     rows, cols = len(examples), max(len(v) for v in examples.values())
     fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size + 0.3), squeeze=False)
     for r, (name, images) in enumerate(examples.items()):

@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 import torch
 
-from clipkit import analysis
+from clipkit.analysis import crossdata
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_win_summary_counts_wins_losses_ties():
     table = pd.DataFrame({"diff": [0.1, -0.2, 0.0, 0.05, -0.01]})
-    w = analysis.win_summary(table)
+    w = crossdata.win_summary(table)
     assert (w["zs_wins"], w["zs_losses"], w["ties"], w["n_datasets"]) == (2, 2, 1, 5)
     assert w["mean_diff"] == pytest.approx(-0.06 / 5)
 
@@ -23,11 +23,11 @@ def test_modality_gap_of_constructed_embeddings():
     # images on e1, captions on e2: centroids (1,0) and (0,1) -> distance sqrt(2), cosine 0
     img = np.array([[1.0, 0.0], [1.0, 0.0]])
     txt = np.array([[0.0, 1.0], [0.0, 1.0]])
-    g = analysis.modality_gap(img, txt)
+    g = crossdata.modality_gap(img, txt)
     assert g["gap"] == pytest.approx(np.sqrt(2))
     assert g["centroid_cosine"] == pytest.approx(0.0, abs=1e-9)
     assert g["paired_cosine"] == pytest.approx(0.0)
-    same = analysis.modality_gap(img, img)
+    same = crossdata.modality_gap(img, img)
     assert same["gap"] == 0 and same["paired_cosine"] == pytest.approx(1.0)
 
 
@@ -36,17 +36,17 @@ def _points(ids, oods):
 
 
 def test_trend_needs_three_distinct_id_accuracies():
-    trend, why = analysis.trend_or_reason(_points([0.9, 0.6], [0.5, 0.3]))
+    trend, why = crossdata.trend_or_reason(_points([0.9, 0.6], [0.5, 0.3]))
     assert trend is None and "no trend" in why
-    trend, why = analysis.trend_or_reason(_points([0.9, 0.9, 0.6], [0.5, 0.4, 0.3]))
+    trend, why = crossdata.trend_or_reason(_points([0.9, 0.9, 0.6], [0.5, 0.4, 0.3]))
     assert trend is None   # only two distinct ID accuracies
 
 
 def test_trend_recovers_a_logit_line_and_zero_er():
-    from clipkit.robustness import logit
+    from clipkit.analysis.robustness import logit
     ids = np.array([0.6, 0.75, 0.9])
     oods = 1 / (1 + np.exp(-(0.5 * logit(ids) - 1.0)))     # exactly on slope 0.5, intercept -1
-    trend, _ = analysis.trend_or_reason(_points(ids, oods))
+    trend, _ = crossdata.trend_or_reason(_points(ids, oods))
     assert trend["slope"] == pytest.approx(0.5) and trend["intercept"] == pytest.approx(-1.0)
     assert all(abs(v) < 1e-9 for v in trend["er"].values())
 
@@ -58,7 +58,7 @@ def test_robustness_points_from_a_shift_table():
                                      "zs_correct": rng.random(20) < p, "lp_correct": rng.random(20) < p - 0.1})
                        for s, sev, p in (("in_distribution", 0, 0.9), ("fog", 3, 0.6), ("grayscale", 1, 0.7))])
     res = summarise(items, 4, ShiftSpec(name="t", shifts=["fog", "grayscale"]), "m")
-    pts = analysis.robustness_points([res])
+    pts = crossdata.robustness_points([res])
     assert list(pts["classifier"]) == list(CLASSIFIERS) and (pts["n_shifts"] == 2).all()
     zs = items[items["shift"] != "in_distribution"].groupby("shift")["zs_correct"].mean().mean()
     assert pts.loc[0, "ood_accuracy"] == pytest.approx(zs)
@@ -71,21 +71,21 @@ def test_prompt_table_shape_and_spread(nano):
     classes = ["circle", "square", "triangle"]
     feats = torch.nn.functional.normalize(torch.randn(12, model.visual.output_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
     sets = {"family": ["a {c}.", "a photo of a {c}."], "ensemble-7": ["itap of a {c}.", "a photo of a {c}."]}
-    t = analysis.prompt_sensitivity(model, tokenizer, feats, np.arange(12) % 3, classes, sets)
+    t = crossdata.prompt_sensitivity(model, tokenizer, feats, np.arange(12) % 3, classes, sets)
     # 2 ensembles + distinct singles: bare, "a {c}.", "a photo of a {c}.", "itap of a {c}."
     assert len(t) == 6 and (t["kind"] == "ensemble").sum() == 2
     assert t["accuracy"].is_monotonic_decreasing and (t["n"] == 12).all() and np.allclose(t["chance"], 1 / 3)
-    s = analysis.spread_summary(t)
+    s = crossdata.spread_summary(t)
     assert s["n_templates"] == 4 and s["single_range"] == pytest.approx(s["single_best"] - s["single_worst"])
     assert {"family_accuracy", "ensemble-7_gain_over_median"} <= set(s)
     # parity: the batched ensembles equal clipkit's zero-shot classifier on the same features
     for name, ts in sets.items():
-        ref = (analysis._zs_pred(model, tokenizer, feats, classes, ts) == np.arange(12) % 3).mean()
+        ref = (crossdata._zs_pred(model, tokenizer, feats, classes, ts) == np.arange(12) % 3).mean()
         assert t.loc[(t["set"] == name) & (t["kind"] == "ensemble"), "accuracy"].item() == pytest.approx(ref)
 
 
 def test_template_sets_are_the_papers():
-    sets = analysis.template_sets(["a {c}."])
+    sets = crossdata.template_sets(["a {c}."])
     assert [len(v) for v in sets.values()] == [1, 7, 80]
 
 

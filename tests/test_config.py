@@ -3,7 +3,7 @@ from dataclasses import fields
 
 import pytest
 
-from clipkit.config import PRESETS, TrainConfig, build_parser
+from clipkit.train.config import PRESETS, TrainConfig, build_parser
 
 
 def test_defaults_and_every_preset_are_valid():

@@ -11,9 +11,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from clipkit.data import (BadImageError, CsvCaptions, GlobalBatches, SynthCaptions, read_caption_csv,
-                          safe_open_image, train_transform)
-from clipkit.data_negatives import candidates, perturb_caption
+from clipkit.data.images import BadImageError, safe_open_image
+from clipkit.data.captions import CsvCaptions, SynthCaptions, read_caption_csv
+from clipkit.data.loaders import GlobalBatches
+from clipkit.data.transforms import train_transform
+from clipkit.data.negatives import candidates, perturb_caption
 
 
 def _png(size=(12, 10), colour=(200, 30, 30)) -> bytes:
@@ -149,7 +151,7 @@ def test_synthetic_hard_negatives_are_valid_false_captions(nano):
 
 
 def test_noise_inputs_are_distinct_pairs_with_an_end_token():
-    from clipkit.data import NoiseCaptions
+    from clipkit.data.captions import NoiseCaptions
     ds = NoiseCaptions(32, 16, hard_negatives=2)
     a, b = ds[0], ds[1]
     assert a["image"].shape == (3, 32, 32) and not torch.equal(a["image"], b["image"])
@@ -159,7 +161,7 @@ def test_noise_inputs_are_distinct_pairs_with_an_end_token():
 
 # --- webdataset -------------------------------------------------------------------------------
 def test_wds_stream_skips_and_counts_bad_samples_and_splits_shards(nano, tmp_path):
-    from clipkit.data_wds import WdsCaptions, write_shards
+    from clipkit.data.wds import WdsCaptions, write_shards
     _, _, tok = nano
     samples = [(f"k{i:03d}", _png(colour=(i, 0, 0)), "png", f"a caption {i}") for i in range(12)]
     samples[3] = ("k003", b"\x00garbage", "jpg", "broken")

@@ -39,9 +39,9 @@ def _grads(loss_name: str, micro_batches: list[dict], ddp: bool):
     """(loss, {param: grad}) of one step of ContrastiveForward + loss, as the training loop does it."""
     from contextlib import nullcontext
 
-    from clipkit.losses import make_loss
+    from clipkit.train.losses import make_loss
     from clipkit.models import create_model
-    from clipkit.train_step import ContrastiveForward, forward_backward
+    from clipkit.train.step import ContrastiveForward, forward_backward
     kw = {"init_logit_scale": math.log(10), "init_logit_bias": -10.0} if loss_name == "siglip" else {}
     model, _, _ = create_model("clipkit-nano", seed=0, **kw)
     fm = ContrastiveForward(model)
@@ -52,14 +52,14 @@ def _grads(loss_name: str, micro_batches: list[dict], ddp: bool):
 
 
 def _train_cfg(out, batch_size, **kw):
-    from clipkit.config import TrainConfig
+    from clipkit.train.config import TrainConfig
     return TrainConfig(model="clipkit-nano", out=str(out), steps=3, batch_size=batch_size, warmup=1,
                        workers=0, log_every=1, save_every=0, tensorboard=False, progress=False, **kw)
 
 
 def _nan_on_rank_1_at_step_2():
     """A CLIP loss that is NaN on rank 1 only, at its second call."""
-    from clipkit.losses import ClipLoss
+    from clipkit.train.losses import ClipLoss
 
     class Loss(ClipLoss):
         calls = 0
@@ -80,7 +80,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from clipkit.train import train
+    from clipkit.train.loop import train
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     batch, per = _global_batch(), GLOBAL // WORLD
     results = {}
@@ -93,7 +93,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         results[name] = {"loss": loss / WORLD, "grads": grads}
     out = train(_train_cfg(os.path.join(out_dir, "ddp"), GLOBAL // WORLD))
     # a non-finite loss on one rank only: every rank must skip that update
-    from clipkit import losses
+    from clipkit.train import losses
     losses.LOSSES["nan_rank1"] = _nan_on_rank_1_at_step_2()
     nan_out = train(_train_cfg(os.path.join(out_dir, "nan"), GLOBAL // WORLD, loss="nan_rank1"))
     if rank == 0:
@@ -138,7 +138,7 @@ def test_two_process_training_run_matches_one_process(ddp_results, tmp_path):
 
     from safetensors.torch import load_file
 
-    from clipkit.train import train
+    from clipkit.train.loop import train
     results, _ = ddp_results
     one = train(_train_cfg(tmp_path / "one", GLOBAL))
     two = results["train_out"]

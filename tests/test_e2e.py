@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from clipkit.config import TrainConfig
-from clipkit.report import run_reports
-from clipkit.train import train
+from clipkit.train.config import TrainConfig
+from clipkit.report.runner import run_reports
+from clipkit.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 

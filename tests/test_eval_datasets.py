@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipkit import synth
-from clipkit.evaluate.datasets import (FAMILIES, DatasetNotFound, SyntheticClassification,
-                                       TorchvisionClassification, load_classification)
+from clipkit.world import synth
+from clipkit.data.classification import (FAMILIES, DatasetNotFound, SyntheticClassification,
+                                         TorchvisionClassification, load_classification)
 from clipkit.evaluate.features import extract_image_features
 from clipkit.evaluate.retrieval_data import CaptionsCSV, CaptionsWebDataset, SyntheticCaptions, evaluate_retrieval
 

@@ -1,4 +1,4 @@
-"""clipkit.experiments with clipkit-nano trained for a few steps, the augment option, and the three
+"""clipkit.analysis.experiments with clipkit-nano trained for a few steps, the augment option, and the three
 experiment notebooks through `clipkit report --experiments` with smoke parameters."""
 import json
 from pathlib import Path
@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from clipkit import experiments as ex
-from clipkit.config import TrainConfig
-from clipkit.data import sample_seed, seeded, train_transform
+from clipkit.analysis import experiments as ex
+from clipkit.train.config import TrainConfig
+from clipkit.data.transforms import sample_seed, seeded, train_transform
 
 REPO = Path(__file__).resolve().parents[1]
 NANO = {"model": "clipkit-nano", "steps": 3, "batch_size": 8, "warmup": 1, "workers": 0, "log_every": 1}
@@ -151,7 +151,7 @@ SMOKE = {"ARCH": "clipkit-nano", "STEPS": 3, "BATCH_SIZE": 8, "SAMPLES": 48, "BA
 
 @pytest.mark.slow
 def test_experiment_notebooks_run_into_the_report(tmp_path, monkeypatch):
-    from clipkit.report import run_experiments
+    from clipkit.report.runner import run_experiments
     monkeypatch.chdir(REPO)
     nbs = sorted((REPO / "notebooks").glob("experiment_*.ipynb"))
     assert [n.stem for n in nbs] == ["experiment_augmentation", "experiment_batch_size", "experiment_hard_negatives"]

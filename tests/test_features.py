@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from clipkit.evaluate.cache import FeatureCache, flush, model_fingerprint, transform_fingerprint
-from clipkit.evaluate.datasets import ImageFolderClassification, SyntheticClassification
+from clipkit.data.classification import ImageFolderClassification, SyntheticClassification
 from clipkit.evaluate.features import encode_images, extract_image_features
 
 

@@ -96,7 +96,7 @@ def test_kshot_probes_table():
 
 
 def test_evaluate_linear_probe_end_to_end(nano, tmp_path):
-    from clipkit.evaluate.datasets import SyntheticClassification
+    from clipkit.data.classification import SyntheticClassification
     model, preprocess, _ = nano
     train = SyntheticClassification("colour", n=32, split="train", transform=preprocess)
     test = SyntheticClassification("colour", n=16, split="test", transform=preprocess)

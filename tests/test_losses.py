@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from clipkit.losses import ClipLoss, HardNegativeClipLoss, SigLipLoss
+from clipkit.train.losses import ClipLoss, HardNegativeClipLoss, SigLipLoss
 
 
 def _feats(seed=0, b=3, d=4):
@@ -92,7 +92,7 @@ def test_clip_and_siglip_match_open_clip_reference():
 def test_losses_are_chosen_by_name():
     import pytest
 
-    from clipkit.losses import LOSSES, make_loss
+    from clipkit.train.losses import LOSSES, make_loss
     assert set(LOSSES) == {"clip", "negclip", "siglip"}
     assert isinstance(make_loss("siglip"), SigLipLoss)
     with pytest.raises(ValueError, match="unknown loss"):

@@ -13,9 +13,9 @@ import torch
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 from torch.utils.data import DataLoader
 
-from clipkit import synth
+from clipkit.world import synth
 from clipkit.evaluate import zeroshot as zs
-from clipkit.evaluate.datasets import SyntheticClassification
+from clipkit.data.classification import SyntheticClassification
 from clipkit.evaluate.retrieval import recall_at_k
 from clipkit.evaluate.retrieval_data import CaptionsCSV, evaluate_retrieval, image_captions_collate
 

@@ -181,7 +181,7 @@ def test_every_shipped_spec_validates():
 
 def test_spatial_items_come_in_mirrored_pairs_and_pair_scores_need_both():
     import pandas as pd
-    from clipkit import synth
+    from clipkit.world import synth
     from clipkit.probes.engine import FAMILIES
     from clipkit.probes.spatial import pair_scores
     items = FAMILIES["spatial"](load_spec("spatial", n=8))

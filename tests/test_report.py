@@ -178,7 +178,7 @@ def test_build_index_from_disk_with_missing_and_extra_keys(tmp_path):
 
 def test_index_compares_models_on_the_same_items(tmp_path):
     import pandas as pd
-    from clipkit.report import build_index
+    from clipkit.report.runner import build_index
     for name, correct in [("a_model", [1] * 40 + [0] * 10), ("b_model", [0] * 30 + [1] * 20)]:
         d = tmp_path / name
         d.mkdir()

@@ -5,9 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clipkit import checkpoint as ck
-from clipkit.config import TrainConfig
-from clipkit.train import train
+from clipkit.train import checkpoint as ck
+from clipkit.train.config import TrainConfig
+from clipkit.train.loop import train
 
 STEPS = 4
 
@@ -33,7 +33,7 @@ def _cfg(out, **kw):
 @pytest.fixture(scope="module")
 def csv_data(tmp_path_factory):
     """12 small synthetic images in a CSV: 4 steps x 8 samples wrap into a third epoch (permutation per epoch)."""
-    from clipkit import synth
+    from clipkit.world import synth
     root = tmp_path_factory.mktemp("csv")
     rows = ["filepath,title"]
     for i in range(12):

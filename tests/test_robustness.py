@@ -9,9 +9,9 @@ import pytest
 from scipy import stats as sps
 from scipy.special import expit
 
-from clipkit.robustness import (EPS, IN_DISTRIBUTION, bootstrap_effective_robustness, effective_robustness,
-                                fit_trend, logit, predicted_ood, relative_robustness, robustness_by_model,
-                                robustness_table)
+from clipkit.analysis.robustness import (EPS, IN_DISTRIBUTION, bootstrap_effective_robustness,
+                                         effective_robustness, fit_trend, logit, predicted_ood,
+                                         relative_robustness, robustness_by_model, robustness_table)
 
 
 def test_logit_values_and_clipping():

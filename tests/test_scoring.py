@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipkit import stats
+from clipkit.core import stats
 from clipkit.evaluate import choice_scores, choose, recall_at_k, winoground_scores
 
 

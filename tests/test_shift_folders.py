@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipkit import synth
+from clipkit.world import synth
 from clipkit.probes import SpecError
-from clipkit.probes.shift import effective_robustness
+from clipkit.analysis.robustness import effective_robustness_of as effective_robustness
 from clipkit.probes.shift_folders import FolderSet, load_folder_shift_spec, run_folder_shift
-from clipkit.robustness import IN_DISTRIBUTION
-from clipkit.shifts import shifted_image
+from clipkit.analysis.robustness import IN_DISTRIBUTION
+from clipkit.world.shifts import shifted_image
 from conftest import BlindImageModel
 
 SHAPES = ["circle", "square", "triangle"]
@@ -90,7 +90,7 @@ def test_a_blind_model_is_at_chance_on_balanced_sets(folders, nano):
 
 
 def test_effective_robustness_over_folder_results():
-    """Three synthetic 'models' with known accuracies go through shift.effective_robustness."""
+    """Three synthetic 'models' with known accuracies go through analysis.robustness.effective_robustness_of."""
     from clipkit.probes.shift import summarise
     from clipkit.probes.shift_folders import FolderShiftSpec
     spec = FolderShiftSpec("fs", "/x", {"r": "/y"})

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from clipkit.probes import SpecError
-from clipkit.probes.shift import ShiftSpec, conditions, effective_robustness, load_shift_spec, run_shift, summarise
-from clipkit.robustness import IN_DISTRIBUTION
+from clipkit.analysis.robustness import effective_robustness_of as effective_robustness
+from clipkit.probes.shift import ShiftSpec, conditions, load_shift_spec, run_shift, summarise
+from clipkit.analysis.robustness import IN_DISTRIBUTION
 from conftest import BlindImageModel
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipkit import synth
-from clipkit.corruptions import CONSTANTS, CORRUPTIONS, FAMILIES, SEVERITIES, corrupt
-from clipkit.shifts import (GAP, IN_DISTRIBUTION, SHIFTS, STYLES, get_shift, render_shifted, shifted_image,
-                            shifted_palette, style_shift)
+from clipkit.world import synth
+from clipkit.world.corruptions import CONSTANTS, CORRUPTIONS, FAMILIES, SEVERITIES, corrupt
+from clipkit.world.shifts import (GAP, IN_DISTRIBUTION, SHIFTS, STYLES, get_shift, render_shifted, shifted_image,
+                                  shifted_palette, style_shift)
 
 # Mean |corrupted - original| is non-decreasing over severities 1..5 for these, checked on 72
 # (scene, seed, size) cases with margins >= 0.05 grey levels. Not for: glass_blur (holds, but by

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from clipkit import synth
+from clipkit.world import synth
 
 
 @pytest.mark.parametrize("kind", synth.KINDS)

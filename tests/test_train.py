@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
-from clipkit.config import TrainConfig
-from clipkit.losses import LOSSES, ClipLoss
-from clipkit.train import NonFiniteLoss, TooManyBadSamples, main, train
-from clipkit.train_step import adam_betas_eps, cosine_with_warmup, param_groups
+from clipkit.train.config import TrainConfig
+from clipkit.train.losses import LOSSES, ClipLoss
+from clipkit.cli import train_main as main
+from clipkit.train.loop import NonFiniteLoss, TooManyBadSamples, train
+from clipkit.train.step import adam_betas_eps, cosine_with_warmup, param_groups
 
 
 def _cfg(out, **kw):
@@ -40,7 +41,7 @@ def test_run_writes_the_output_layout_and_a_loadable_model(tmp_path):
 @pytest.fixture
 def corrupt_csv(tmp_path):
     """24 images of which 3 are broken: empty, truncated, not an image."""
-    from clipkit import synth
+    from clipkit.world import synth
     rows = ["filepath\ttitle"]
     for i in range(24):
         scene = synth.corpus_item(i, seed=2)
@@ -133,7 +134,7 @@ def test_paper_optimiser_set_up():
 
 
 def test_eval_hook_logs_retrieval_and_probe_accuracy(tmp_path):
-    from clipkit.train_hooks import EvalHook
+    from clipkit.probes.hooks import EvalHook
     out = train(_cfg(tmp_path, steps=2), hooks=[EvalHook("clipkit-nano", every=2, n=12)])
     evals = [r for r in _log(out) if r.get("kind") == "eval"]
     assert len(evals) == 1 and evals[0]["step"] == 2

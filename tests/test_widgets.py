@@ -13,11 +13,12 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from clipkit import explore, synth, widgets
+from clipkit.explore import compute, widgets
+from clipkit.world import synth
 from clipkit.probes import load_spec, run_probe
-from clipkit.widgets import (ANY, CaptionScorer, FailureBrowser, LoadedModel, ModelPicker, TextSearch,
-                             caption_probabilities, compose_scene, decode_image, filter_items, parse_captions,
-                             scene_captions, top_k)
+from clipkit.explore.widgets import (ANY, CaptionScorer, FailureBrowser, LoadedModel, ModelPicker,
+                                             TextSearch, caption_probabilities, compose_scene, decode_image,
+                                             filter_items, parse_captions, scene_captions, top_k)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,11 +138,11 @@ def test_decode_image_reads_images_and_explains_the_rest():
 
 
 def test_caption_feature_cache_is_bounded_and_exact(nano_loaded, monkeypatch):
-    monkeypatch.setattr(explore, "TEXT_CACHE", 2)   # LoadedModel lives in clipkit.explore
+    monkeypatch.setattr(compute, "TEXT_CACHE", 2)   # LoadedModel lives in clipkit.explore.compute
     texts = ["one red circle", "two red circles", "three red circles"]
     feats = nano_loaded.text_features(texts)
     assert feats.shape == (3, 32) and list(nano_loaded._text) == texts[1:]   # least recently used dropped
-    torch.testing.assert_close(feats, explore.encode_texts(nano_loaded.model, nano_loaded.tokenizer, texts))
+    torch.testing.assert_close(feats, compute.encode_texts(nano_loaded.model, nano_loaded.tokenizer, texts))
     torch.testing.assert_close(nano_loaded.text_features(texts[::-1]), feats.flip(0))
 
 
@@ -259,7 +260,7 @@ def test_failure_browser_filters_and_steps(nano_loaded):
 def test_explore_notebook_is_committed_clean():
     nb = nbformat.read(REPO / "notebooks" / "explore.ipynb", as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert "parameters" in code[0].metadata.get("tags", []) and "nbparams import check" in code[1].source
+    assert "parameters" in code[0].metadata.get("tags", []) and "params import check" in code[1].source
     assert all(not c.outputs and c.execution_count is None for c in code)
     assert not any(re.search(r"^\s*(def|class) ", c.source, re.M) for c in code)   # logic lives in clipkit
     assert nb.metadata["kernelspec"]["name"] == "python3"

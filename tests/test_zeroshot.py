@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from clipkit.evaluate import zeroshot as zs
-from clipkit.evaluate.datasets import SyntheticClassification
-from clipkit.evaluate.results import merge_results, result_path, result_record, split_spec, write_result
+from clipkit.data.classification import SyntheticClassification
+from clipkit.core.records import merge_results, result_path, result_record, split_spec, write_result
 
 
 def test_topk_accuracy_and_per_class_recall_by_hand():

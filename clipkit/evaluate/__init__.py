@@ -8,10 +8,10 @@ from clipkit.evaluate.zeroshot import (classification_metrics, evaluate_zeroshot
                                        zero_shot_classifier, zero_shot_logits)
 # linear_probe() itself is not exported: it would shadow its module, clipkit.evaluate.linear_probe
 from clipkit.evaluate.linear_probe import evaluate_linear_probe, kshot_probes
-from clipkit.evaluate.datasets import (DatasetNotFound, ImageFolderClassification, SyntheticClassification,
-                                       TorchvisionClassification, load_classification)
+from clipkit.data.classification import (DatasetNotFound, ImageFolderClassification, SyntheticClassification,
+                                         TorchvisionClassification, load_classification)
 from clipkit.evaluate.retrieval_data import CaptionsCSV, CaptionsWebDataset, SyntheticCaptions, evaluate_retrieval
-from clipkit.evaluate.results import merge_results, result_record, write_result
+from clipkit.core.records import merge_results, result_record, write_result
 
 __all__ = ["choice_scores", "choose", "winoground_scores", "encode_images", "encode_texts",
            "recall_at_k", "retrieval_metrics"]

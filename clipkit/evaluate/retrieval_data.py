@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
-from clipkit import synth
-from clipkit.evaluate.cache import files_fingerprint, params_fingerprint
-from clipkit.evaluate.datasets import _SYNTH_SOURCE, open_image
+from clipkit.world import synth
+from clipkit.core.fingerprints import files_fingerprint, params_fingerprint
+from clipkit.data.classification import _SYNTH_SOURCE
+from clipkit.data.images import safe_open_image
 from clipkit.evaluate.features import READ_ERRORS, encode_texts, extract_image_features
 from clipkit.evaluate.retrieval import retrieval_metrics
 
@@ -57,7 +58,7 @@ class CaptionsCSV(Dataset):
 
     def __getitem__(self, i):
         try:
-            image = open_image(self.files[i])
+            image = safe_open_image(self.files[i])
         except READ_ERRORS as e:
             log.debug("skipping %s: %s", self.files[i], e)
             return None, self.captions[i]
@@ -107,7 +108,7 @@ class CaptionsWebDataset(IterableDataset):
                 continue  # not an image-caption sample (e.g. a stray .json)
             captions = [c.strip() for c in parts["txt"].decode("utf-8", "replace").splitlines() if c.strip()]
             try:
-                image = open_image(parts[ext])
+                image = safe_open_image(parts[ext])
             except READ_ERRORS:
                 yield None, captions
                 continue

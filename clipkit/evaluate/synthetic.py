@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clipkit import synth
+from clipkit.world import synth
 from clipkit.evaluate.features import encode_images, encode_texts
 from clipkit.evaluate.retrieval import recall_at_k
 

@@ -6,8 +6,7 @@
 * real in- vs out-of-distribution folders (an `ood:` key)                  -> shift_folders.run_folder_shift
 `run_any` picks the runner from the spec, so the CLI and reports treat every spec alike.
 """
-from clipkit.probes.engine import (FAMILIES, Item, ProbeResult, ProbeSpec, SpecError, load_spec, run_probe,
-                                   validate)
+from clipkit.probes.engine import FAMILIES, Item, ProbeResult, ProbeSpec, SpecError, load_spec, run_probe, validate
 from clipkit.probes import binding, counting, jsonl, spatial  # noqa: E402,F401  (register the families)
 
 

@@ -3,7 +3,7 @@ square" vs "a blue circle and a red square" — the same words, the colours boun
 A bag-of-words model cannot beat chance (50%) here."""
 from __future__ import annotations
 
-from clipkit import synth
+from clipkit.world import synth
 from clipkit.probes.engine import Item, ProbeSpec, register
 
 SEED_STRIDE = 100_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from clipkit import synth
+from clipkit.world import synth
 from clipkit.probes.engine import Item, ProbeSpec, register
 
 SEED_STRIDE = 100_000  # probe item seeds: spec.seed * stride + i; training corpus seeds start at 1e7

@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 from PIL import Image
 
-from clipkit import stats
+from clipkit.core import stats
 from clipkit.evaluate import choice_scores, choose, encode_images, encode_texts
 
 PROBES_DIR = Path(__file__).resolve().parents[2] / "probes"  # the repo's probes/ (specs)
@@ -149,7 +149,7 @@ class ProbeResult:
 
     def save(self, out_dir: str | Path) -> Path:
         """Write <name>.csv (the tidy table) and <name>.json (a CLIP_benchmark-style record)."""
-        from clipkit.checkpoint import atomic_write_json, atomic_write_text
+        from clipkit.core.files import atomic_write_json, atomic_write_text
         out = Path(out_dir)
         atomic_write_text(out / f"{self.spec.name}.csv", self.table.to_csv(index=False))
         record = {"dataset": f"probe:{self.spec.name}", "model": self.model, "task": "image_caption_selection",

@@ -27,7 +27,7 @@ from scipy import stats as sps
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from clipkit import stats
+from clipkit.core import stats
 from clipkit.evaluate.linear_probe import MAX_ITER, split_validation, sweep_lambda
 from clipkit.probes.engine import SpecError, _jsonable, read_spec
 
@@ -87,7 +87,7 @@ def load_finegrained_spec(spec, **overrides) -> FineGrainedSpec:
             raise SpecError(f"{source}: {key!r} must be >= 1, got {d[key]}")
     ds = d["dataset"]
     if ds.startswith("synthetic"):
-        from clipkit.evaluate.datasets import FAMILIES
+        from clipkit.data.classification import FAMILIES
         family = ds.partition(":")[2] or "shape"
         if family not in FAMILIES:
             raise SpecError(f"{source}: unknown synthetic family {family!r} in 'dataset'; known: {sorted(FAMILIES)}")
@@ -174,7 +174,7 @@ class FineGrainedResult:
 
     def save(self, out_dir: str | Path) -> Path:
         """Write <name>.csv (per item), <name>.per_class.csv, <name>.pairs.csv and <name>.json (the record)."""
-        from clipkit.checkpoint import atomic_write_json, atomic_write_text
+        from clipkit.core.files import atomic_write_json, atomic_write_text
         out, name = Path(out_dir), self.spec.name
         atomic_write_text(out / f"{name}.csv", self.table.to_csv(index=False))
         atomic_write_text(out / f"{name}.per_class.csv", self.per_class.to_csv(index=False))
@@ -233,7 +233,7 @@ def _subset(ds, n: int, seed: int):
 def datasets(spec: FineGrainedSpec, transform):
     """(train, test, classes, templates) for a spec. An image folder has no splits: a stratified,
     seeded half of it is the test split."""
-    from clipkit.evaluate.datasets import ImageFolderClassification, SyntheticClassification, load_classification
+    from clipkit.data.classification import ImageFolderClassification, SyntheticClassification, load_classification
     if spec.dataset.startswith("synthetic"):
         family = spec.dataset.partition(":")[2] or "shape"
         make = lambda split, n: SyntheticClassification(family, n, spec.seed, split, transform, spec.image_size)  # noqa: E731

@@ -19,7 +19,7 @@ from clipkit.probes.engine import Item, ProbeSpec, SpecError, register
 @register("jsonl", {"path": (str, ""), "image_root": (str, ""), "max_bad_fraction": (float, 0.05)})
 def items(spec: ProbeSpec) -> list[Item]:
     """Read up to spec.n items from options.path (see the module docstring for the line format)."""
-    from clipkit.data import safe_open_image
+    from clipkit.data.images import safe_open_image
     o = spec.options
     path = Path(o["path"]).expanduser()
     if not o["path"] or not path.exists():

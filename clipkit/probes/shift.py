@@ -2,7 +2,7 @@
 
 The in-distribution (ID) set is a synthetic classification family's test split (default `shape`:
 one object, name its shape). Every shifted set is *the same scenes* rendered under a shift of
-clipkit.shifts (ImageNet-C corruptions, rendering styles) at each severity, so item i of every set
+clipkit.world.shifts (ImageNet-C corruptions, rendering styles) at each severity, so item i of every set
 is the same question and ID-vs-shift differences are paired. Both classifiers read the same image
 features: the §3.1.4 zero-shot head, and an appendix-A.3 linear probe fitted on ID train features.
 
@@ -10,7 +10,7 @@ Robustness (CLIP paper §3.3, Taori et al. 2020). Effective robustness needs a t
 *family* of models; one model's two classifiers give two points, through which any line passes
 exactly, so their "ER" would be 0 by construction. A single result therefore reports the ID->OOD
 drop of each classifier and the relative robustness (zero-shot OOD minus linear-probe OOD), labelled
-as such. `effective_robustness(results)` fits the logit-space trend once several models' results
+as such. `clipkit.analysis.robustness.effective_robustness_of(results)` fits the logit-space trend once several models' results
 (3+ classifier points with distinct ID accuracies) are at hand.
 """
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipkit import stats
+from clipkit.core import stats
 from clipkit.probes.engine import SpecError, _jsonable
 from clipkit.probes.finegrained import check_keys, fit_linear_probe, predict, read_with_overrides
-from clipkit.robustness import IN_DISTRIBUTION, robustness_by_model
-from clipkit.shifts import SHIFTS, get_shift, shifted_image
+from clipkit.world.shifts import IN_DISTRIBUTION
+from clipkit.world.shifts import SHIFTS, get_shift, shifted_image
 
 SEED_STRIDE = 100_000  # item i of a spec with seed s draws its shift noise from seed s * stride + i
 CLASSIFIERS = ("zero-shot", "linear probe")
@@ -35,8 +35,8 @@ CLASSIFIERS = ("zero-shot", "linear probe")
 class ShiftSpec:
     """Which family, how many images, which shifts at which severities."""
     name: str
-    family: str = "shape"            # a synthetic family of clipkit.evaluate.datasets.FAMILIES
-    shifts: list | None = None       # shift names of clipkit.shifts.SHIFTS; None: all of them
+    family: str = "shape"            # a synthetic family of clipkit.data.classification.FAMILIES
+    shifts: list | None = None       # shift names of clipkit.world.shifts.SHIFTS; None: all of them
     severities: list = field(default_factory=lambda: [1, 3, 5])  # a shift is run at those it has
     n_train: int = 400               # ID training images for the linear probe
     n_test: int = 200                # ID test scenes; each shifted set has the same n
@@ -53,7 +53,7 @@ SHIFT_KEYS = {"name": str, "family": str, "shifts": (list, type(None)), "severit
 
 def load_shift_spec(spec, **overrides) -> ShiftSpec:
     """A validated ShiftSpec from a dict, YAML path or name in probes/; overrides (n_test=...) replace keys."""
-    from clipkit.evaluate.datasets import FAMILIES
+    from clipkit.data.classification import FAMILIES
     d, source = read_with_overrides(spec, overrides)
     d = check_keys(d, SHIFT_KEYS, ("name",), source)
     if d.get("family", "shape") not in FAMILIES:
@@ -106,7 +106,7 @@ class ShiftResult:
 
     def save(self, out_dir: str | Path) -> Path:
         """Write <name>.csv (the tidy table), <name>.items.csv and <name>.json (the record)."""
-        from clipkit.checkpoint import atomic_write_json, atomic_write_text
+        from clipkit.core.files import atomic_write_json, atomic_write_text
         out, name = Path(out_dir), self.spec.name
         atomic_write_text(out / f"{name}.csv", self.table.to_csv(index=False))
         atomic_write_text(out / f"{name}.items.csv", self.items.to_csv(index=False))
@@ -120,7 +120,7 @@ class ShiftResult:
 def summarise(items: pd.DataFrame, n_classes: int, spec: ShiftSpec, model_name: str = "") -> ShiftResult:
     """Tables and summary from per-item correctness (columns shift, severity, item, zs_correct, lp_correct).
 
-    Optional item columns, for shifts that are not clipkit.shifts (e.g. folder datasets, shift_folders.py):
+    Optional item columns, for shifts that are not clipkit.world.shifts (e.g. folder datasets, shift_folders.py):
     `n_classes` (classes scored in that condition: chance is 1/n_classes there, else 1/`n_classes`) and
     `kind`; without `lp_correct` there is no linear probe (its rows are left out, its summary keys NaN)."""
     present = [(c, col) for c, col in zip(CLASSIFIERS, ("zs_correct", "lp_correct")) if col in items]
@@ -183,19 +183,3 @@ def run_shift(spec, model, preprocess, tokenizer, model_name: str = "", cache=Tr
     result = summarise(pd.concat(parts, ignore_index=True), len(test.classes), spec, model_name)
     result.summary["lp_lambda"] = lam
     return result
-
-
-def effective_robustness(results: list[ShiftResult], reference: list[str] | None = None) -> pd.DataFrame:
-    """Effective robustness across several results (one per model): every (model, classifier) is a
-    point; the logit-space trend of OOD vs ID accuracy is fitted per (shift, severity) over the
-    `reference` points (default: all, named "<model> | <classifier>"), as in §3.3. Needs at least
-    three points with distinct ID accuracies: two points define the line and leave no residual."""
-    tidy = pd.concat([r.table.assign(model=r.model + " | " + r.table["classifier"]) for r in results],
-                     ignore_index=True)
-    ids = tidy[tidy["shift"] == IN_DISTRIBUTION]
-    ref = ids if reference is None else ids[ids["model"].isin(reference)]
-    if ref["accuracy"].nunique() < 3:
-        raise ValueError(f"effective robustness needs a trend over 3+ classifiers with distinct ID accuracies, "
-                         f"got {ref['accuracy'].nunique()} ({sorted(ref['model'])}); with one model report "
-                         f"the drop and relative robustness in ShiftResult.robustness instead")
-    return robustness_by_model(tidy[["model", "shift", "severity", "accuracy"]], reference)

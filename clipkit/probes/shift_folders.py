@@ -13,7 +13,7 @@ ImageNet's 1000). As in Hendrycks et al. 2021 and the CLIP paper, each set is sc
 classes: both classifiers' logits are restricted to the classes present in that folder before the
 argmax, and its chance level is 1 / (classes in that folder). A class folder counts as present even
 when empty. Results are shift.ShiftResult tables (shift = the OOD set's name, kind "dataset",
-severity 0), so shift.effective_robustness fits trends across models as for synthetic shifts.
+severity 0), so clipkit.analysis.robustness.effective_robustness_of fits trends across models as for synthetic shifts.
 """
 from __future__ import annotations
 
@@ -26,12 +26,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from clipkit.evaluate.cache import files_fingerprint, params_fingerprint
-from clipkit.evaluate.datasets import ImageFolderClassification
+from clipkit.core.fingerprints import files_fingerprint, params_fingerprint
+from clipkit.data.classification import ImageFolderClassification
 from clipkit.probes.engine import SpecError
 from clipkit.probes.finegrained import check_keys, read_with_overrides
 from clipkit.probes.shift import ShiftResult, summarise
-from clipkit.robustness import IN_DISTRIBUTION
+from clipkit.world.shifts import IN_DISTRIBUTION
 
 OOD_KIND = "dataset"  # the `kind` of every OOD row in the table (synthetic shifts: corruption / style)
 

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pandas as pd
 
-from clipkit import synth
+from clipkit.world import synth
 from clipkit.probes.engine import Item, ProbeSpec, register
 
 SEED_STRIDE = 100_000
@@ -60,7 +60,7 @@ def pair_scores(table: pd.DataFrame) -> dict:
     Chance is the product of the members' chance levels (independent guesses), e.g. 1/16 for
     4-way items; the bootstrap CI resamples pairs. Pairs with a missing member are left out.
     """
-    from clipkit import stats
+    from clipkit.core import stats
     grouped = table.groupby("pair").filter(lambda g: len(g) == 2).groupby("pair")
     both = grouped["correct"].all()
     chance = grouped["chance"].prod()

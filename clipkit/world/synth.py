@@ -7,7 +7,7 @@ model about exactly the factors it was (or was not) trained to see.
 
 Coordinates are normalised to [0, 1] with y pointing down (image convention). Objects are kept
 inside an inner box of `MARGIN` on every side so that the paper's random square crop (see
-`clipkit.data.train_transform`) never cuts an object off and so never changes a count.
+`clipkit.data.transforms.train_transform`) never cuts an object off and so never changes a count.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
     clipkit train --preset tiny --out runs/tiny                       # the embedded default, CPU
     clipkit train --model ViT-B-32 --data csv --data-path train.csv --precision bf16 --workers 8
-    torchrun --nproc_per_node 8 -m clipkit.train --preset vit-b-32 --data-path '/data/{00000..00999}.tar'
+    torchrun --nproc_per_node 8 -m clipkit train --preset vit-b-32 --data-path '/data/{00000..00999}.tar'
 
 Distributed set-up comes from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); one
 `is_main` flag gates logging and saving. Set-up: model, optimiser, resume, data. Then each step:
@@ -23,15 +23,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from clipkit import checkpoint as ck
-from clipkit.config import TrainConfig
-from clipkit.data import build_loader
-from clipkit.losses import make_loss
+from clipkit.train import checkpoint as ck
+from clipkit.train.config import TrainConfig
+from clipkit.data.loaders import build_loader
+from clipkit.train.losses import make_loss
 from clipkit.models import create_model, save_model
-from clipkit.train_log import RunLog
-from clipkit.train_step import (MAX_LOGIT_SCALE, ContrastiveForward, LaggedFlag, adam_betas_eps,  # noqa: F401
-                                cosine_with_warmup, forward_backward, nonfinite_flag, optimizer_step,
-                                param_groups)
+from clipkit.train.log import RunLog
+from clipkit.train.step import (MAX_LOGIT_SCALE, ContrastiveForward, LaggedFlag, adam_betas_eps,
+                                cosine_with_warmup, forward_backward, nonfinite_flag, optimizer_step, param_groups)
 
 # config fields that may change between a run and its resumption without changing the training
 RESUMABLE_CHANGES = {"resume", "out", "workers", "device", "progress", "tensorboard", "log_every",
@@ -278,20 +277,3 @@ def versions() -> dict:
     # plain str: torch.__version__ is a TorchVersion, which a weights_only load refuses
     return {"clipkit": str(clipkit.__version__), "torch": str(torch.__version__),
             "open_clip": str(open_clip.__version__), "python": sys.version.split()[0]}
-
-
-def main(argv=None) -> int:
-    """`clipkit train ...` / `python -m clipkit.train ...` / `torchrun ... -m clipkit.train ...`."""
-    cfg = TrainConfig.from_argv(argv)
-    hooks = []
-    if cfg.eval_every:
-        from clipkit.train_hooks import EvalHook
-        hooks.append(EvalHook(cfg.model, cfg.eval_every, cfg.eval_n))
-    out = train(cfg, hooks)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

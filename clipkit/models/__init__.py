@@ -26,9 +26,9 @@ from pathlib import Path
 import open_clip
 import torch
 
-from clipkit.paths import clipkit_home, slugify  # noqa: F401  (re-exported)
+from clipkit.core.paths import clipkit_home, slugify  # noqa: F401  (re-exported)
 
-CONFIG_DIR = Path(__file__).parent / "model_configs"
+CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(CONFIG_DIR)  # the one import-time side effect: register our presets
 PRESETS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
 DEFAULT_MODEL = "clipkit-tiny:synthetic"
@@ -171,7 +171,7 @@ def load_weights(model: torch.nn.Module, path: Path, spec: str | None = None) ->
 
 def save_model(model: torch.nn.Module, out_dir: str | Path, arch: str, extra: dict | None = None) -> Path:
     """Save weights (safetensors) + a clipkit.json sidecar, atomically, as a loadable checkpoint folder."""
-    from clipkit.checkpoint import atomic_write_json, save_safetensors_atomic
+    from clipkit.core.files import atomic_write_json, save_safetensors_atomic
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)  # unwrap DDP

@@ -7,7 +7,7 @@ Three widgets over one shared model picker, each a class with a `.widget` to dis
     TextSearch(picker).widget       # typed text -> the top-k gallery images
     FailureBrowser(result).widget   # a ProbeResult's items, filtered by factor: image, true vs chosen caption
 
-The numbers are plain functions on features in clipkit.explore (`caption_probabilities`, `top_k`,
+The numbers are plain functions on features in clipkit.explore.compute (`caption_probabilities`, `top_k`,
 `filter_items`, ...), tested without a browser and re-exported here.
 """
 from __future__ import annotations
@@ -18,10 +18,11 @@ import ipywidgets as W
 import pandas as pd
 from PIL import Image
 
-from clipkit import synth
-from clipkit.explore import (ANY, CLIP_SCALE, ENGINE_COLUMNS, Gallery, LoadedModel, _error, _img_tag, as_loaded,
-                             caption_probabilities, compose_scene, decode_image, filter_items, parse_captions,
-                             png_bytes, probability_html, scene_captions, synthetic_gallery, top_k)
+from clipkit.world import synth
+from clipkit.explore.compute import (ANY, CLIP_SCALE, ENGINE_COLUMNS, Gallery, LoadedModel, _error,
+                                             _img_tag, as_loaded, caption_probabilities, compose_scene,
+                                             decode_image, filter_items, parse_captions, png_bytes,
+                                             probability_html, scene_captions, synthetic_gallery, top_k)
 from clipkit.models import DEFAULT_MODEL, PRESETS, load_model
 
 

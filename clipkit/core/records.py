@@ -16,7 +16,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from clipkit.checkpoint import atomic_write_json
+from clipkit.core.files import atomic_write_json
 from clipkit.models import slugify
 
 RESULT_TEMPLATE = "{dataset}_{model}_{task}.json"   # CLIP_benchmark's default output template

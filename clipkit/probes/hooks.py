@@ -1,10 +1,13 @@
 """Hooks a training run calls after each step: `hook(step=, model=, is_main=) -> dict | None`.
 
 A returned dict of numbers is logged (JSONL + TensorBoard under eval/). `EvalHook` runs the
-held-out checks every N steps; `clipkit.train` builds it from --eval-every, and it is the one
-place where training reaches evaluation code (imported lazily, when a check runs).
+held-out checks every N steps; the CLI (`clipkit train`) builds it from --eval-every and hands it
+to the loop, so the training loop itself never imports evaluation or probe code.
 """
 from __future__ import annotations
+
+from clipkit.evaluate.synthetic import HELD_OUT_SEED, synthetic_retrieval
+from clipkit.probes import load_spec, run_probe
 
 
 class EvalHook:
@@ -24,8 +27,6 @@ class EvalHook:
     def __call__(self, step: int, model, is_main: bool = True, **_) -> dict | None:
         if not is_main or not self.every or step % self.every:
             return None
-        from clipkit.evaluate.synthetic import HELD_OUT_SEED, synthetic_retrieval
-        from clipkit.probes import load_spec, run_probe
         if self._tools is None:
             self._setup(model)
         preprocess, tokenizer = self._tools

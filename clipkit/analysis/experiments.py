@@ -2,7 +2,7 @@
 
 The experiment notebooks (notebooks/experiment_*.ipynb) call this module. An experiment is a base
 training config plus arms, each arm a few TrainConfig fields that differ from the base. Every arm
-is trained with `clipkit.train.train` (the same loop as `clipkit train`) for each seed, then the
+is trained with `clipkit.train.loop.train` (the same loop as `clipkit train`) for each seed, then the
 same held-out probe items and retrieval scenes are put to every model, so arms can be compared
 item by item (exact McNemar) as well as by their bootstrap CIs.
 
@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipkit import stats
-from clipkit.config import TrainConfig
+from clipkit.core import stats
+from clipkit.train.config import TrainConfig
 from clipkit.evaluate.synthetic import HELD_OUT_SEED
 
 PROBES = ("counting", "spatial", "spatial_swap", "binding")
 RETRIEVAL = "retrieval"   # the probe name used for held-out caption->image recall@1
-# Fields that do not change what is trained. Not clipkit.train.RESUMABLE_CHANGES: a run may resume
+# Fields that do not change what is trained. Not clipkit.train.loop.RESUMABLE_CHANGES: a run may resume
 # with more `steps`, but an arm trained for other steps is another arm.
 _IGNORED = {"out", "resume", "workers", "progress", "tensorboard", "log_every", "save_every",
             "keep_checkpoints", "device", "eval_every", "eval_n"}
@@ -70,7 +70,7 @@ def batch_size_arms(batch_sizes=(32, 128, 512), samples: int = 76_800, warmup_fr
 
 def augmentation_arms(kinds=("none", "crop", "heavy")) -> list[Arm]:
     """(c) No augmentation, the paper's random square crop, and a SimCLR-style heavy stack
-    (clipkit.data.train_transform documents each)."""
+    (clipkit.data.transforms.train_transform documents each)."""
     return [Arm(f"aug-{k}", {"augment": k}) for k in kinds]
 
 
@@ -79,8 +79,9 @@ def augmentation_examples(augments, arch: str = "clipkit-tiny", k: int = 6, seed
     at the architecture's input size and the loader's render size (what training really sees)."""
     import open_clip
     from PIL import Image
-    from clipkit import models, synth   # noqa: F401  (models registers the clipkit presets)
-    from clipkit.data import CROP_PAD, sample_seed, seeded, train_transform
+    from clipkit import models   # noqa: F401  (models registers the clipkit presets)
+    from clipkit.world import synth
+    from clipkit.data.transforms import CROP_PAD, sample_seed, seeded, train_transform
     cfg = open_clip.get_model_config(arch)
     if cfg is None:
         raise ValueError(f"unknown architecture {arch!r}")
@@ -115,7 +116,7 @@ def train_arms(arms: list[Arm], base: dict, seeds=(0,), run_root="runs/experimen
                log=None) -> pd.DataFrame:
     """Train every (arm, seed); returns one row each: arm, seed, out, steps, batch_size, samples,
     train_seconds (of the run that produced the model), final_loss, reused."""
-    from clipkit.train import train
+    from clipkit.train.loop import train
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
@@ -137,7 +138,7 @@ def train_arms(arms: list[Arm], base: dict, seeds=(0,), run_root="runs/experimen
             t0 = time.perf_counter()
             train(cfg)
             record = {"config": cfg.to_dict(), "train_seconds": round(time.perf_counter() - t0, 1)}
-            from clipkit.checkpoint import atomic_write_json
+            from clipkit.core.files import atomic_write_json
             atomic_write_json(out / "experiment.json", record)
             log(f"[experiment] ({i}/{len(cfgs)}) {arm.name} seed {seed} trained in {record['train_seconds']:.0f}s")
         else:
@@ -169,6 +170,14 @@ def loss_curve(run_dir) -> pd.DataFrame:
             if "loss" in r and "step" in r:
                 rows.append({k: r.get(k) for k in ("step", "loss", "temperature", "samples_per_s")})
     return pd.DataFrame(rows, columns=["step", "loss", "temperature", "samples_per_s"])
+
+
+def loss_curves(trained: pd.DataFrame) -> pd.DataFrame:
+    """Every arm's (and seed's) loss curve in one tidy frame: arm, seed, batch_size + loss_curve's columns."""
+    parts = [loss_curve(r.out).assign(arm=r.arm, seed=r.seed, batch_size=r.batch_size) for r in trained.itertuples()]
+    parts = [p for p in parts if len(p)]
+    cols = ["arm", "seed", "batch_size", "step", "loss", "temperature", "samples_per_s"]
+    return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
 
 
 def probe_arms(trained: pd.DataFrame, probes=PROBES, n: int = 300, retrieval_n: int = 500,
@@ -224,7 +233,7 @@ def shift_hits(model, preprocess, tokenizer, overrides: dict, seed: int = HELD_O
     """[(name, correct, item keys, chance)] for zero-shot shape classification in distribution and
     pooled over the shifted conditions of probes/shift.yaml (with `overrides`)."""
     from clipkit.probes.shift import load_shift_spec, run_shift
-    from clipkit.robustness import IN_DISTRIBUTION
+    from clipkit.analysis.robustness import IN_DISTRIBUTION
     r = run_shift(load_shift_spec("shift", **{"seed": seed, **overrides}), model, preprocess, tokenizer, cache=False)
     it, chance = r.items, float(r.summary["chance"])
     out = []

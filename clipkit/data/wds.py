@@ -25,7 +25,9 @@ import sys
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from clipkit.data import BadImageError, negatives_item, safe_open_image, sample_seed, seeded
+from clipkit.data.images import BadImageError, safe_open_image
+from clipkit.data.captions import negatives_item
+from clipkit.data.transforms import sample_seed, seeded
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 SHUFFLE_BUFFER = 1000  # samples mixed across shards (open_clip: _SHARD_SHUFFLE_SIZE 2000 / 5000)
@@ -88,7 +90,7 @@ class WdsCaptions(IterableDataset):
         item = {"image": seeded(self.transform, img, crop_seed),
                 "text": self.tokenizer([caption])[0], "key": str(sample.get("__key__")), "bad": self.bad}
         if self.h:
-            from clipkit.data_negatives import perturb_caption
+            from clipkit.data.negatives import perturb_caption
             rng = np.random.default_rng(crop_seed)
             item.update(negatives_item(self.tokenizer, perturb_caption(caption, rng, self.h), self.h))
         return item

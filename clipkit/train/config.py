@@ -86,7 +86,7 @@ class TrainConfig:
     def __post_init__(self):
         for f in fields(self):
             setattr(self, f.name, _coerce(f, getattr(self, f.name)))
-        from clipkit.losses import LOSSES
+        from clipkit.train.losses import LOSSES
         checks = [
             (self.loss in LOSSES, f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}"),
             (self.hard_negatives >= 0, f"hard_negatives must be >= 0, got {self.hard_negatives}"),

@@ -1,4 +1,4 @@
-"""The computations behind the explorer widgets (clipkit.widgets), free of ipywidgets: caption
+"""The computations behind the explorer widgets (clipkit.explore.widgets), free of ipywidgets: caption
 probabilities, nearest images, item filters, the scene composer, safe decoding of uploads, HTML
 bars, and a loaded model that caches caption features.
 
@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from clipkit import synth
+from clipkit.world import synth
 from clipkit.evaluate import encode_images, encode_texts
 from clipkit.models import load_model
 

@@ -14,7 +14,7 @@ def paired_comparisons(root: str | Path, baseline: str | None = None, exclude=()
     the exact two-sided McNemar p-value.
     """
     import pandas as pd
-    from clipkit.stats import mcnemar
+    from clipkit.core.stats import mcnemar
     root = Path(root)
     dirs = sorted(d for d in root.iterdir() if d.is_dir() and d.name not in exclude and any(d.glob("*.csv")))
     if len(dirs) < 2:

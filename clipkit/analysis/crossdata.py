@@ -3,7 +3,7 @@
 Each analysis is a runner that touches the model (features, classifiers) and returns a tidy table,
 plus pure functions on those tables or on feature arrays (win counts, modality gap, trend fitting,
 spread of template accuracies) that are tested on hand-made inputs. Every accuracy carries its
-chance level, n and a 95% bootstrap CI (clipkit.stats.accuracy_summary), as in the probes.
+chance level, n and a 95% bootstrap CI (clipkit.core.stats.accuracy_summary), as in the probes.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from clipkit import stats
-from clipkit.robustness import IN_DISTRIBUTION, fit_trend, logit
+from clipkit.core import stats
+from clipkit.analysis.robustness import IN_DISTRIBUTION, fit_trend, logit
 
 SYNTHETIC = [f"synthetic:{f}" for f in ("shape", "polygon", "colour", "shade", "size", "count")]  # FAMILIES
 _ACC = ("accuracy", "ci_low", "ci_high", "n", "chance")
@@ -24,7 +24,7 @@ def load_split_pair(name: str, n_train: int, n_test: int, seed: int = 0, root: s
                     transform=None):
     """(train, test) datasets of one name: 'synthetic:<family>' draws n_train / n_test balanced images
     (disjoint seeds per split); a real dataset ('cifar10', 'imagefolder', ...) is used whole from `root`."""
-    from clipkit.evaluate.datasets import SyntheticClassification, load_classification
+    from clipkit.data.classification import SyntheticClassification, load_classification
     if name.startswith("synthetic"):
         family = name.partition(":")[2] or "shape"
         return (SyntheticClassification(family, n_train, seed, "train", transform),

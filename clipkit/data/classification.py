@@ -27,28 +27,16 @@ from typing import Callable
 from PIL import Image
 from torch.utils.data import Dataset
 
-from clipkit import synth
-from clipkit.evaluate.cache import folder_fingerprint, files_fingerprint, params_fingerprint
-from clipkit.evaluate.zeroshot import DATASET_TEMPLATES
+from clipkit.world import synth
+from clipkit.core.fingerprints import folder_fingerprint, files_fingerprint, params_fingerprint
+from clipkit.data.images import safe_open_image
+from clipkit.data.templates import DATASET_TEMPLATES
 
 log = logging.getLogger("clipkit.evaluate")
 
 
 class DatasetNotFound(FileNotFoundError):
     """A dataset's files are not where they were expected (and downloading was not asked for)."""
-
-
-def open_image(src) -> Image.Image:
-    """An RGB image from a path or bytes, refusing corrupt files and decompression bombs (raises
-    OSError or ValueError). Uses `clipkit.data.safe_open_image`, so training and evaluation read alike."""
-    from clipkit import data
-    safe = getattr(data, "safe_open_image", None)
-    if safe is not None:
-        return safe(src, mode="RGB")
-    import io
-    with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as im:  # bombs raise past 2x the limit
-        im.load()  # decode now: a truncated file fails here, inside the caller's try
-        return im.convert("RGB")
 
 
 class ClassificationDataset(Dataset):
@@ -172,7 +160,7 @@ class ImageFolderClassification(ClassificationDataset):
 
     def __getitem__(self, i):
         path, label = self.samples[i]
-        image = open_image(path)
+        image = safe_open_image(path)
         return (self.transform(image) if self.transform else image), label
 
     @property

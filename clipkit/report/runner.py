@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipkit.paths import slugify
-from clipkit.report_index import EXPERIMENTS, atomic_write, build_index, now, read_json  # noqa: F401 (build_index: API)
+from clipkit.core.paths import slugify
+from clipkit.report.index import EXPERIMENTS, atomic_write, build_index, now, read_json  # noqa: F401 (build_index: API)
 
 # papermill, nbconvert and clipkit.models (torch, open_clip) are imported inside functions: notebooks
 # import this module for `record_metrics`, and that must cost nothing.

@@ -19,18 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from clipkit.stats import N_BOOT
-
-EPS = 1e-3  # logit clip: logit(1 - 1e-3) = 6.9, i.e. 0/1 accuracies count as 0.1% / 99.9%
-IN_DISTRIBUTION = "in_distribution"  # the shift name of each model's in-distribution row
-
-
-def logit(p, eps: float = EPS):
-    """ln(p / (1 - p)) of p clipped to [eps, 1 - eps]; same shape as p (a float for a scalar)."""
-    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
-    out = np.log(p) - np.log1p(-p)
-    return float(out) if out.ndim == 0 else out
-
+from clipkit.core.stats import EPS, N_BOOT, logit  # noqa: F401  (logit: part of this module's API)
+from clipkit.world.shifts import IN_DISTRIBUTION
 
 def fit_trend(id_acc, ood_acc, eps: float = EPS) -> tuple[float, float]:
     """(slope, intercept) of the least-squares line logit(ood_acc) ~ logit(id_acc) over models."""
@@ -140,3 +130,19 @@ def bootstrap_effective_robustness(id_correct, ood_correct, slope: float, interc
     return {"effective_robustness": effective_robustness(a.mean(), b.mean(), slope, intercept, eps),
             "ci_low": float(np.quantile(ers, q)), "ci_high": float(np.quantile(ers, 1 - q)),
             "n_id": int(a.size), "n_ood": int(b.size)}
+
+
+def effective_robustness_of(results: list, reference: list[str] | None = None) -> pd.DataFrame:
+    """Effective robustness across several ShiftResults (clipkit.probes.shift), one per model: every
+    (model, classifier) is a point; the logit-space trend of OOD vs ID accuracy is fitted per (shift, severity) over the
+    `reference` points (default: all, named "<model> | <classifier>"), as in §3.3. Needs at least
+    three points with distinct ID accuracies: two points define the line and leave no residual."""
+    tidy = pd.concat([r.table.assign(model=r.model + " | " + r.table["classifier"]) for r in results],
+                     ignore_index=True)
+    ids = tidy[tidy["shift"] == IN_DISTRIBUTION]
+    ref = ids if reference is None else ids[ids["model"].isin(reference)]
+    if ref["accuracy"].nunique() < 3:
+        raise ValueError(f"effective robustness needs a trend over 3+ classifiers with distinct ID accuracies, "
+                         f"got {ref['accuracy'].nunique()} ({sorted(ref['model'])}); with one model report "
+                         f"the drop and relative robustness in ShiftResult.robustness instead")
+    return robustness_by_model(tidy[["model", "shift", "severity", "accuracy"]], reference)

@@ -28,7 +28,7 @@ def build_index(out_root="reports") -> Path:
     # columns: the probe notebooks, then the analyses, then anything else (alphabetical within each)
     probes = sorted({p for r in rows for p in r["probes"]},
                     key=lambda p: (0 if p.startswith("probe_") else 1 if p.startswith("analysis_") else 2, p))
-    from clipkit.compare import paired_comparisons  # pandas/scipy: only when building the index
+    from clipkit.analysis.compare import paired_comparisons  # pandas/scipy: only when building the index
     paired = paired_comparisons(root, exclude=(EXPERIMENTS,))
     atomic_write(root / "summary.json", json.dumps(
         {"generated": now(), "probes": probes, "models": rows, "paired": paired, "experiments": experiments},

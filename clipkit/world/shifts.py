@@ -40,9 +40,10 @@ import numpy as np
 from PIL import Image, ImageEnhance
 from scipy import ndimage
 
-from clipkit import synth
-from clipkit.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from clipkit.robustness import IN_DISTRIBUTION  # the shift name of the unshifted set in tables
+from clipkit.world import synth
+from clipkit.world.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+
+IN_DISTRIBUTION = "in_distribution"  # the shift name of the unshifted set in tables
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+EPS = 1e-3  # logit clip: logit(1 - 1e-3) = 6.9, i.e. 0/1 accuracies count as 0.1% / 99.9%
 N_BOOT = 2000  # bootstrap resamples: enough for stable 95% percentile intervals at n in the hundreds
+
+
+def logit(p, eps: float = EPS):
+    """ln(p / (1 - p)) of p clipped to [eps, 1 - eps]; same shape as p (a float for a scalar)."""
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
+    out = np.log(p) - np.log1p(-p)
+    return float(out) if out.ndim == 0 else out
 
 
 def bootstrap_ci(values, n_boot: int = N_BOOT, level: float = 0.95, seed: int = 0) -> tuple[float, float]:

@@ -1,0 +1,191 @@
+"""Image-caption datasets: the synthetic corpus, CSV/TSV files, and random noise.
+
+
+Datasets (all return dicts: image (3, S, S), text (L,) token ids, index, bad; with hard negatives
+also neg_text (h, L) and neg_valid (h,)):
+  SynthCaptions   the synthetic scene corpus (the embedded default); sample i is always scene i
+  CsvCaptions     a CSV/TSV file with an image-path column and a caption column (open_clip's format)
+  NoiseCaptions   random pixels and tokens, to measure the training step without data costs
+  WdsCaptions     webdataset tar shards (.jpg/.png + .txt), in clipkit.data.wds
+
+Exact resume: a map-style dataset is read through `GlobalBatches`, which maps "sample number p of
+the run" to a row (a fresh permutation per epoch) and seeds that sample's random crop from
+(seed, p). The data a step sees is then a pure function of (seed, step), whatever the number of
+workers, ranks, or restarts. `bad` counts unreadable images skipped to produce the item.
+"""
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from clipkit.data.images import BadImageError, safe_open_image
+from clipkit.data.transforms import sample_seed, seeded
+from clipkit.world import synth
+
+MAX_CONSECUTIVE_BAD = 16  # a CSV item tries this many rows before deciding the data is broken
+
+
+def _key(key) -> tuple[int, int]:
+    """(row, draw): the sampler passes (row, sample number); a bare int means both."""
+    return (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), int(key))
+
+
+def negatives_item(tokenizer, negs: list[str], h: int) -> dict:
+    """neg_text (h, L) token ids and neg_valid (h,) for up to h hard-negative captions (padded)."""
+    valid = torch.zeros(h, dtype=torch.bool)
+    valid[:len(negs[:h])] = True
+    return {"neg_text": tokenizer((negs[:h] + [""] * h)[:h]), "neg_valid": valid}
+
+
+# --- datasets ---------------------------------------------------------------------------------
+class SynthCaptions(Dataset):
+    """Image-caption pairs from the synthetic corpus: item i is `synth.corpus_item(start + i, seed)`.
+
+    With hard_negatives=h > 0 also neg_text (h, L): false captions that differ from the true one by
+    one fact (the count, the relation, or the colour-shape binding), NegCLIP-style.
+    """
+
+    def __init__(self, n: int, tokenizer, transform, seed: int = 0, start: int = 0, mix: dict | None = None,
+                 hard_negatives: int = 0, render_size: int | None = None):
+        self.n, self.tokenizer, self.transform = n, tokenizer, transform
+        self.seed, self.start, self.mix, self.h = seed, start, mix, hard_negatives
+        self.render_size = render_size or 72
+
+    def __len__(self):
+        return self.n
+
+    def scene(self, i: int) -> synth.Scene:
+        return synth.corpus_item(self.start + i, seed=self.seed, mix=self.mix)
+
+    def __getitem__(self, key):
+        i, draw = _key(key)
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        scene = self.scene(i)
+        img = synth.render(scene, size=self.render_size)
+        item = {"image": seeded(self.transform, img, sample_seed(self.seed, "crop", self.start + draw)),
+                "text": self.tokenizer([synth.caption(scene)])[0],
+                "index": torch.tensor(self.start + i), "bad": 0}
+        if self.h:
+            negs = synth.hard_negatives(scene)
+            rng = np.random.default_rng([self.seed, self.start + i, 11])
+            pick = rng.choice(len(negs), size=self.h, replace=len(negs) < self.h)
+            item.update(negatives_item(self.tokenizer, [negs[j] for j in pick], self.h))
+        return item
+
+
+def read_caption_csv(path, img_key: str = "filepath", caption_key: str = "title",
+                     sep: str = "") -> tuple[np.ndarray, np.ndarray, str]:
+    """(image paths, captions, separator) from a CSV/TSV file with a header row.
+
+    sep "" detects the separator from the header (tab, comma, semicolon or pipe). Relative image
+    paths are taken relative to the CSV file's folder. A missing column is an error that names
+    the columns that were found.
+    """
+    import pandas as pd
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CSV dataset {path}: no such file")
+    with open(path, newline="", encoding="utf-8") as f:
+        header = f.readline()
+    if not header.strip():
+        raise ValueError(f"CSV dataset {path}: empty file (a header row with {img_key!r} and "
+                         f"{caption_key!r} is needed)")
+    if not sep:
+        try:
+            sep = csv.Sniffer().sniff(header, delimiters="\t,;|").delimiter
+        except csv.Error:
+            sep = ","   # a one-column header: let the column check below say what is missing
+    df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, quoting=csv.QUOTE_MINIMAL)
+    missing = [k for k in (img_key, caption_key) if k not in df.columns]
+    if missing:
+        raise ValueError(f"CSV dataset {path}: no column {' or '.join(map(repr, missing))} (separator "
+                         f"{sep!r}); columns found: {list(df.columns)}. Name the image-path and caption "
+                         f"columns with --csv-img-key / --csv-caption-key.")
+    if len(df) == 0:
+        raise ValueError(f"CSV dataset {path}: header only, no rows")
+    root = path.resolve().parent
+    files = [p if Path(p).is_absolute() else str(root / p) for p in df[img_key]]
+    # fixed-width numpy strings, not lists of Python objects: worker processes forked from the main
+    # one then share these pages instead of copying them as reference counts change
+    return np.asarray(files, dtype=str), np.asarray(df[caption_key].tolist(), dtype=str), sep
+
+
+class CsvCaptions(Dataset):
+    """Image-caption pairs listed in a CSV file (see `read_caption_csv`).
+
+    An unreadable image (see `safe_open_image`) is skipped and the next row taken instead, so every
+    batch stays full (a distributed gather needs equal batches on every rank); the item's `bad`
+    field counts the skips and the training loop adds them up and enforces `max_bad_fraction`.
+    With hard_negatives=h, each caption gets up to h perturbed captions (clipkit.data.negatives).
+    """
+
+    def __init__(self, path, tokenizer, transform, img_key="filepath", caption_key="title", sep="",
+                 seed: int = 0, hard_negatives: int = 0):
+        self.files, self.captions, self.sep = read_caption_csv(path, img_key, caption_key, sep)
+        self.path, self.tokenizer, self.transform = path, tokenizer, transform
+        self.seed, self.h = seed, hard_negatives
+        self.reported = 0  # bad files named on stderr so far by this process (the first few only)
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, key):
+        row, draw = _key(key)
+        bad, errors = 0, []
+        for attempt in range(MAX_CONSECUTIVE_BAD):
+            i = (row + attempt) % len(self.files)
+            try:
+                img = safe_open_image(self.files[i])
+                break
+            except BadImageError as e:
+                bad += 1
+                errors.append(str(e))
+                if self.reported < 5:
+                    self.reported += 1
+                    print(f"[clipkit] skipping unreadable image: {e}", file=sys.stderr, flush=True)
+        else:
+            raise RuntimeError(
+                f"CSV dataset {self.path}: {MAX_CONSECUTIVE_BAD} consecutive rows from {row} have no "
+                f"readable image (last: {errors[-1]}). Relative paths are resolved against the CSV's "
+                f"folder; is the image folder there?")
+        caption = str(self.captions[i])
+        item = {"image": seeded(self.transform, img, sample_seed(self.seed, "crop", draw)),
+                "text": self.tokenizer([caption])[0], "index": torch.tensor(i), "bad": bad}
+        if self.h:
+            from clipkit.data.negatives import perturb_caption
+            rng = np.random.default_rng(sample_seed(self.seed, "negatives", i))
+            item.update(negatives_item(self.tokenizer, perturb_caption(caption, rng, self.h), self.h))
+        return item
+
+
+class NoiseCaptions(Dataset):
+    """Random pixels and tokens: the training step with no data costs. Item i is pair i % 64 of a
+    fixed pool, so the loss still has distinct pairs to tell apart."""
+
+    def __init__(self, image_size: int, context_length: int, hard_negatives: int = 0, vocab: int = 49408,
+                 pool: int = 64):
+        g = torch.Generator().manual_seed(0)
+        self.images = torch.randn(pool, 3, image_size, image_size, generator=g)
+        self.texts = torch.randint(1, vocab - 2, (pool, context_length), generator=g)
+        self.texts[:, -1] = vocab - 1   # the end-of-text token: open_clip pools the text at the argmax id
+        self.h = hard_negatives
+
+    def __len__(self):
+        return 2 ** 62
+
+    def __getitem__(self, key):
+        i = _key(key)[0]
+        j = i % len(self.images)
+        item = {"image": self.images[j], "text": self.texts[j], "index": torch.tensor(i), "bad": 0}
+        if self.h:
+            item.update(neg_text=self.texts[(j + 1 + torch.arange(self.h)) % len(self.texts)],
+                        neg_valid=torch.ones(self.h, dtype=torch.bool))
+        return item
+
+
