@@ -1,4 +1,8 @@
-"""Results as CLIP_benchmark-compatible JSON records, one file per (model, dataset, task), merged into one table.
+"""The one results writer: JSON records (CLIP_benchmark-compatible) with config, versions and git revision,
+the tidy per-item table as CSV beside them, and the merge of many records into one table.
+
+Every result clipkit writes (probes, evaluation, experiments, report metrics) goes through
+`write_record` (or `write_result`, its CLIP_benchmark-named form) and `jsonable`.
 
 A record: {"dataset", "model", "pretrained", "task", "metrics": {...}, "language": "en", "config": {...},
 "versions": {...}} -- CLIP_benchmark's fields (its `build` step reads them) plus the configuration
@@ -17,7 +21,7 @@ from typing import Iterable
 import pandas as pd
 
 from clipkit.core.files import atomic_write_json
-from clipkit.models import slugify
+from clipkit.core.paths import slugify
 
 RESULT_TEMPLATE = "{dataset}_{model}_{task}.json"   # CLIP_benchmark's default output template
 TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe", "image_caption_selection")
@@ -55,15 +59,39 @@ def versions() -> dict:
     return out
 
 
-def _jsonable(x):
-    """NaN -> None (JSON has no NaN; CLIP_benchmark's files hold NaN, which strict parsers reject)."""
-    if isinstance(x, float) and math.isnan(x):
-        return None
+def jsonable(x):
+    """A JSON-safe copy: numpy scalars and arrays -> Python, NaN/inf -> None (JSON has neither;
+    CLIP_benchmark's files hold NaN, which strict parsers reject), tuples -> lists, dict keys -> str,
+    dataclasses -> dicts, paths -> str."""
+    import dataclasses
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        x = dataclasses.asdict(x)
     if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x.item() if hasattr(x, "item") else x
+        return [jsonable(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):   # numpy scalars and arrays, torch tensors
+        return jsonable(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def write_record(out_dir, name: str, record: dict, table: pd.DataFrame | None = None,
+                 tables: dict | None = None) -> Path:
+    """Write `<name>.json` (the record, JSON-safe, with `versions` added unless present) and, when given,
+    `<name>.csv` (the tidy per-item table) and `<name>.<key>.csv` for each extra table, all atomically.
+    Returns the JSON path."""
+    from clipkit.core.files import atomic_write_text
+    out = Path(out_dir)
+    if table is not None:
+        atomic_write_text(out / f"{name}.csv", table.to_csv(index=False))
+    for key, df in (tables or {}).items():
+        atomic_write_text(out / f"{name}.{key}.csv", df.to_csv(index=False))
+    record = {**record, "versions": record.get("versions") or versions()}
+    return atomic_write_text(out / f"{name}.json", json.dumps(jsonable(record), indent=2, allow_nan=False) + "\n")
 
 
 def result_record(dataset: str, model: str, task: str, metrics: dict, config: dict | None = None,
@@ -73,8 +101,8 @@ def result_record(dataset: str, model: str, task: str, metrics: dict, config: di
         raise ValueError(f"unknown task {task!r}; CLIP_benchmark's tasks are {TASKS}")
     name, pretrained = split_spec(model)
     return {"dataset": dataset, "model": name, "pretrained": pretrained, "task": task,
-            "metrics": _jsonable(dict(metrics)), "language": language,
-            "config": _jsonable({"model_spec": model, **(config or {})}), "versions": versions()}
+            "metrics": jsonable(dict(metrics)), "language": language,
+            "config": jsonable({"model_spec": model, **(config or {})}), "versions": versions()}
 
 
 def result_path(out_dir, dataset: str, model: str, task: str) -> Path:
