@@ -232,21 +232,17 @@ def plot_augmentations(examples: dict, size: float = 1.3):
 def save_figure(name: str, out_dir, fig=None) -> list:
     """Write the figure (default: the current one) as `out_dir/figures/<name>.png` (150 dpi) and
     `.svg`, each atomically. Returns the two paths."""
-    import os
     import re
     from pathlib import Path
+    from clipkit.core.files import atomic_write_with
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise ValueError(f"figure name must be a plain file name (letters, digits, ._-), got {name!r}")
     fig = fig if fig is not None else plt.gcf()
     folder = Path(out_dir) / "figures"
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "svg"):
-        path, tmp = folder / f"{name}.{ext}", folder / f".{name}.tmp.{ext}"
-        fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
-        os.replace(tmp, path)
-        paths.append(path)
-    return paths
+    # format= given: the temporary file's .tmp suffix must not choose it
+    return [atomic_write_with(folder / f"{name}.{ext}",
+                              lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight"))
+            for ext in ("png", "svg")]
 
 
 def show(name: str, out_dir, fig=None) -> None:

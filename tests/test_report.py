@@ -6,9 +6,9 @@ import nbformat
 import numpy as np
 import pytest
 
-from clipkit import report
+from clipkit.report import runner as report
 
-RECORD = ('from clipkit.report import record_metrics\n'
+RECORD = ('from clipkit.report.runner import record_metrics\n'
           'record_metrics("probe_demo", {"accuracy": ACC, "ci_low": 0.4, "ci_high": 0.6, '
           '"chance": 0.25, "n": 100}, OUT_DIR)')
 
@@ -247,3 +247,19 @@ def test_main_needs_a_model_or_experiments(capsys, monkeypatch):
     assert "'NOPE' is not set in the parameters cell" in capsys.readouterr().err
     assert report.main(["--experiments", "--param", "MODLE=1"]) == 2
     assert "'MODLE' is not set" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # starts a Jupyter kernel
+def test_report_logs_have_no_tcp_warning_but_real_warnings_show(tmp_path, capfd):
+    """The kernel runs over IPC, so ipykernel's per-notebook "Kernel is running over TCP without
+    encryption" line is gone; a notebook's own warning still reaches its output, and what the kernel
+    process writes to its stderr (where ipykernel logs) still reaches ours."""
+    nb = make_notebook(tmp_path / "probe_warn.ipynb",
+                       'import warnings\nwarnings.warn("real warning")',
+                       'import os\nos.write(2, b"kernel stderr still shows\\n")')
+    summary = report.run_reports(["clipkit-tiny"], [nb], out_root=tmp_path / "r", html=False)
+    assert not summary.failed, summary.failed
+    log = capfd.readouterr()
+    assert "without encryption" not in log.err + log.out
+    assert "kernel stderr still shows" in log.err
+    assert "UserWarning: real warning" in outputs(summary.ok[0]["path"])

@@ -33,18 +33,38 @@ def _atomic(path: Path, write) -> Path:
     return path
 
 
+def atomic_write_with(path: Path, write) -> Path:
+    """Atomically produce `path` with a writer that needs a file name, e.g.
+    `lambda tmp: fig.savefig(tmp, format="png")`; the temporary name ends in .tmp, so a writer that
+    picks its format from the suffix must be told the format."""
+    return _atomic(path, write)
+
+
 def atomic_write_text(path: Path, text: str) -> Path:
-    return _atomic(path, lambda tmp: Path(tmp).write_text(text))
+    """Write `text` (UTF-8) to `path` atomically; returns the path."""
+    return _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically; returns the path."""
     return _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_json(path: Path, obj) -> Path:
+    """Write `obj` as indented JSON (unknown types as str) to `path` atomically; returns the path."""
     return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def read_json(path: Path):
+    """The parsed JSON file, or None when it is missing or unreadable (e.g. cut by a crash in an
+    older, non-atomic writer): callers treat that as "no record yet"."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def save_safetensors_atomic(tensors: dict, path: Path, metadata: dict | None = None) -> Path:
+    """Save `tensors` as a safetensors file atomically; returns the path."""
     from safetensors.torch import save_file
     return _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))

@@ -16,12 +16,13 @@ import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable
-
-import pandas as pd
+from typing import TYPE_CHECKING, Iterable
 
 from clipkit.core.files import atomic_write_json
 from clipkit.core.paths import slugify
+
+if TYPE_CHECKING:   # pandas only where a table is merged: notebooks import this via clipkit.report
+    import pandas as pd
 
 RESULT_TEMPLATE = "{dataset}_{model}_{task}.json"   # CLIP_benchmark's default output template
 TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe", "image_caption_selection")
@@ -47,14 +48,20 @@ def _git_revision() -> str | None:
         return None
 
 
-def versions() -> dict:
-    """Versions of python and of the packages behind a measurement, plus clipkit's git revision."""
+def package_version(dist: str) -> str | None:
+    """An installed distribution's version from its metadata (no import of the package), or None."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def versions(extra: Iterable[str] = ()) -> dict:
+    """Versions of python and of the packages behind a measurement (plus the distributions named in
+    `extra`, e.g. papermill for a report run), and clipkit's git revision."""
     out = {"python": platform.python_version()}
-    for p in _PACKAGES:
-        try:
-            out[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            out[p] = None
+    for p in dict.fromkeys((*_PACKAGES, *extra)):
+        out[p] = package_version(p)
     out["git_revision"] = _git_revision()
     return out
 
@@ -134,6 +141,7 @@ def load_results(paths: str | Path | Iterable) -> list[dict]:
 def merge_results(paths: str | Path | Iterable) -> pd.DataFrame:
     """One row per record: dataset, model, pretrained, task, language, then one column per metric
     (NaN where a task has no such metric), like CLIP_benchmark's `build` table."""
+    import pandas as pd
     rows = [{"dataset": r["dataset"], "model": r["model"], "pretrained": r.get("pretrained", ""),
              "task": r["task"], "language": r.get("language", "en"),
              **{k: (float("nan") if v is None else v) for k, v in r["metrics"].items()

@@ -3,16 +3,17 @@
 Model folders (reports/<model-slug>/, each with run.json and *.metrics.json) give the models x
 probes table, the key figures and the runs table; reports/experiments/ (training experiments,
 not tied to one model) gets its own section. Nothing here imports torch: notebooks import
-`clipkit.report` for `record_metrics`, which uses the small I/O helpers at the end.
+`clipkit.report` for `record_metrics`. Files are written through clipkit.core.files (atomic writes).
 """
 from __future__ import annotations
 
 import html
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
+
+from clipkit.core.files import atomic_write_text, read_json
 
 EXPERIMENTS = "experiments"   # the folder of reports/ that holds the experiment notebooks' reports
 
@@ -30,10 +31,10 @@ def build_index(out_root="reports") -> Path:
                     key=lambda p: (0 if p.startswith("probe_") else 1 if p.startswith("analysis_") else 2, p))
     from clipkit.analysis.compare import paired_comparisons  # pandas/scipy: only when building the index
     paired = paired_comparisons(root, exclude=(EXPERIMENTS,))
-    atomic_write(root / "summary.json", json.dumps(
+    atomic_write_text(root / "summary.json", json.dumps(
         {"generated": now(), "probes": probes, "models": rows, "paired": paired, "experiments": experiments},
         indent=2) + "\n")
-    atomic_write(root / "index.html", _render(rows, probes, paired, experiments))
+    atomic_write_text(root / "index.html", _render(rows, probes, paired, experiments))
     return root / "index.html"
 
 
@@ -183,22 +184,6 @@ def _fmt_metrics(m: dict) -> str:
 
 def _fmt(v) -> str:
     return str(v) if isinstance(v, int) else f"{v:.3f}"
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write text to path atomically (a temporary file in the same folder, then os.replace)."""
-    # Readers (the index, a browser, a concurrent run) never see a half-written file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path):
-    """The parsed JSON file, or None when missing or unreadable."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def now() -> str:

@@ -9,30 +9,32 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.metadata
 import json
-import math
 import os
-import platform
 import re
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clipkit.core.files import atomic_write_json, atomic_write_text, read_json
 from clipkit.core.paths import slugify
-from clipkit.report.index import EXPERIMENTS, atomic_write, build_index, now, read_json  # noqa: F401 (build_index: API)
+from clipkit.core.records import jsonable, package_version, versions
+from clipkit.report.index import EXPERIMENTS, build_index, now
 
 # papermill, nbconvert and clipkit.models (torch, open_clip) are imported inside functions: notebooks
-# import this module for `record_metrics`, and that must cost nothing.
+# import this module for `record_metrics`, and that must cost nothing (no torch, no pandas).
 
 DEFAULT_KERNEL = "python3"  # jupyter_client runs this kernel with sys.executable: the caller's env
 RESERVED = ("MODEL", "OUT_DIR")  # set per model by run_reports, never by the user
 DEFAULT_NOTEBOOKS = ("notebooks/probe_*.ipynb", "notebooks/analysis_*.ipynb")  # per model
 EXPERIMENT_NOTEBOOKS = ("notebooks/experiment_*.ipynb",)  # train their own models
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # kernel tracebacks are coloured
+# The kernel talks to us over local IPC sockets, not TCP on localhost: nothing else needs to reach
+# it, and ipykernel then has no reason to log "Kernel is running over TCP without encryption" for
+# every notebook (its own warnings and the notebooks' still reach stderr).
+_KERNEL_CONFIG = {"KernelManager": {"transport": "ipc"}}
 
 
 @dataclass
@@ -58,12 +60,10 @@ def record_metrics(name: str, metrics: dict, out_dir: str | Path, figures=()) ->
     for f in figures:
         if not (Path(out_dir) / "figures" / f"{f}.png").exists():
             raise FileNotFoundError(f"key figure {f!r} was not saved: call clipkit.viz.show({f!r}, OUT_DIR) first")
-    record = {"name": name, "metrics": _jsonable(metrics), "figures": figures,
-              "recorded": now(), "clipkit": _version("clipkit")}
-    path = Path(out_dir) / f"{name}.metrics.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(record, indent=2, allow_nan=False, default=str) + "\n")
-    return path
+    record = {"name": name, "metrics": jsonable(metrics), "figures": figures,
+              "recorded": now(), "clipkit": package_version("clipkit")}
+    return atomic_write_text(Path(out_dir) / f"{name}.metrics.json",
+                             json.dumps(record, indent=2, allow_nan=False, default=str) + "\n")
 
 
 def run_reports(models: list[str], notebooks: list[str | Path] | None = None, out_root="reports",
@@ -113,9 +113,8 @@ def _run_folder(folder: Path, spec, nbs, declared, parameters, summary, counter,
     """Run `nbs` into `folder` (for model `spec`, or experiments when spec is None), recording each
     notebook in folder/run.json as soon as it ends."""
     cwd = Path.cwd()
-    meta = {"versions": {p: _version(p) for p in ("clipkit", "torch", "open_clip_torch", "papermill")}
-                        | {"python": platform.python_version()},
-            "git": _git_revision(cwd)}
+    found = versions(extra=("papermill",))   # from package metadata: torch is not imported here
+    meta = {"versions": found, "git": found["git_revision"]}
     head = {"model": spec} if spec is not None else {"kind": EXPERIMENTS}
     folder.mkdir(parents=True, exist_ok=True)
     run = read_json(folder / "run.json") or {}
@@ -143,15 +142,15 @@ def _run_folder(folder: Path, spec, nbs, declared, parameters, summary, counter,
             print(f"{tag} FAILED (see {path or e['error'].splitlines()[0]})", file=sys.stderr, flush=True)
             summary.failed.append({"model": label, "notebook": str(nb), "path": path, "error": e["error"]})
         # Rewritten after every notebook so an interrupted run still leaves an accurate record.
-        atomic_write(folder / "run.json", json.dumps(
-            {**head, "slug": folder.name, "updated": now(), **meta, "notebooks": entries},
-            indent=2, default=str) + "\n")
+        atomic_write_json(folder / "run.json",
+                          {**head, "slug": folder.name, "updated": now(), **meta, "notebooks": entries})
 
 
 def _run_one(nb, model_dir, params, kernel, timeout, want_html, hide_code, cwd, old, stream=False) -> dict:
     """Execute one notebook; on success promote its outputs, on failure keep them aside."""
     import papermill as pm
     from nbconvert import HTMLExporter
+    from traitlets.config import Config
 
     stem = nb.stem
     # The notebook writes into a staging folder, not model_dir: a run that fails after calling
@@ -159,7 +158,9 @@ def _run_one(nb, model_dir, params, kernel, timeout, want_html, hide_code, cwd, 
     staging = model_dir / f"_staging_{stem}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    tmp_nb, tmp_html = model_dir / f".{stem}.tmp.ipynb", model_dir / f".{stem}.tmp.html"
+    # papermill writes the notebook itself (also while it runs, for a failure's partial notebook), so
+    # it gets a hidden name beside the target and is renamed into place: a rename is atomic.
+    tmp_nb, page = model_dir / f".{stem}.tmp.ipynb", None
     failed_nb, failed_dir = model_dir / f"{stem}.failed.ipynb", model_dir / f"{stem}.failed"
     entry = {"notebook": str(nb), "status": "ok", "seconds": None, "finished": None, "error": None,
              "failed_notebook": None, "metrics": old.get("metrics", [])}
@@ -170,10 +171,10 @@ def _run_one(nb, model_dir, params, kernel, timeout, want_html, hide_code, cwd, 
         out = pm.execute_notebook(
             str(nb), str(tmp_nb), parameters={**params, "OUT_DIR": str(staging)},
             kernel_name=kernel, language="python", progress_bar=False, request_save_on_cell_execute=True,
-            execution_timeout=timeout, cwd=str(cwd), stderr_file=sys.stderr if stream else None)
+            execution_timeout=timeout, cwd=str(cwd), stderr_file=sys.stderr if stream else None,
+            config=Config(_KERNEL_CONFIG))
         if want_html:
             page = HTMLExporter(exclude_input=hide_code).from_notebook_node(out)[0]
-            tmp_html.write_text(page, encoding="utf-8")
     except Exception as exc:  # anything: cell error, timeout, dead kernel, export failure
         entry.update(status="failed", error=_describe(exc))
         if tmp_nb.exists():
@@ -189,14 +190,13 @@ def _run_one(nb, model_dir, params, kernel, timeout, want_html, hide_code, cwd, 
         entry["metrics"] = produced
         os.replace(tmp_nb, model_dir / f"{stem}.ipynb")
         if want_html:
-            os.replace(tmp_html, model_dir / f"{stem}.html")
+            atomic_write_text(model_dir / f"{stem}.html", page)
         else:  # an HTML page from an older run would contradict the new notebook
             (model_dir / f"{stem}.html").unlink(missing_ok=True)
         failed_nb.unlink(missing_ok=True)
         shutil.rmtree(failed_dir, ignore_errors=True)
     finally:
         tmp_nb.unlink(missing_ok=True)
-        tmp_html.unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
     entry.update(seconds=round(time.perf_counter() - t0, 2), finished=now())
     return entry
@@ -273,33 +273,6 @@ def _describe(exc: BaseException) -> str:
         return "\n".join([f"{type(exc).__name__}: {exc.ename}: {exc.evalue}"] + tb[-19:])
     lines = _ANSI.sub("", f"{type(exc).__name__}: {exc}").splitlines()
     return "\n".join(lines[:20])
-
-
-def _jsonable(x):
-    """numpy scalars/arrays -> Python values; NaN/inf -> None (JSON has no NaN)."""
-    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):  # numpy scalar or array
-        x = x.tolist()
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return None if isinstance(x, float) and not math.isfinite(x) else x
-
-
-def _version(dist: str) -> str | None:
-    try:  # from package metadata: no need to import torch just to learn its version
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _git_revision(cwd: Path) -> str | None:
-    try:
-        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True,
-                           text=True, timeout=10)
-        return r.stdout.strip() or None if r.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def parse_param(text: str) -> tuple[str, object]:
