@@ -1,4 +1,5 @@
-"""Paired comparison of models on the same probe items (exact McNemar test), for reports/index.html."""
+"""Paired comparison of two models on the same items (exact McNemar test): the one pairing of per-item
+correctness, used by reports/index.html (model folders) and the training experiments (arms)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +15,6 @@ def paired_comparisons(root: str | Path, baseline: str | None = None, exclude=()
     the exact two-sided McNemar p-value.
     """
     import pandas as pd
-    from clipkit.core.stats import mcnemar
     root = Path(root)
     dirs = sorted(d for d in root.iterdir() if d.is_dir() and d.name not in exclude and any(d.glob("*.csv")))
     if len(dirs) < 2:
@@ -28,14 +28,33 @@ def paired_comparisons(root: str | Path, baseline: str | None = None, exclude=()
         for other in dirs:
             if other == base or (b := _read(pd, other / table.name)) is None:
                 continue
-            both = a.merge(b, on="item", suffixes=("_a", "_b"))
-            if both.empty:
+            t = paired_test(a, b)
+            if not t["n"]:
                 continue
-            test = mcnemar(both["correct_a"].astype(bool), both["correct_b"].astype(bool))
-            out.append({"probe": table.stem, "baseline": base.name, "model": other.name, "n": len(both),
-                        "acc_baseline": float(both["correct_a"].mean()), "acc_model": float(both["correct_b"].mean()),
-                        **test})
+            out.append({"probe": table.stem, "baseline": base.name, "model": other.name, "n": t["n"],
+                        "acc_baseline": t["acc_a"], "acc_model": t["acc_b"],
+                        **{k: t[k] for k in ("only_a", "only_b", "p_value", "diff")}})
     return out
+
+
+def paired_test(a, b, key: str = "item") -> dict:
+    """Exact McNemar test of `a` against `b`, two per-item tables (DataFrames with `key` and a boolean
+    `correct` column), on the items both answered (an inner join on `key`, in a's order).
+
+    Returns n, acc_a, acc_b, only_a (items only a got right), only_b, p_value (two-sided) and
+    diff (acc_a - acc_b); with no shared item n is 0, the accuracies and diff NaN and p 1.
+    """
+    from clipkit.core.stats import mcnemar
+    for name, t in (("a", a), ("b", b)):
+        if missing := {key, "correct"} - set(t.columns):
+            raise ValueError(f"per-item table {name} has no column(s) {sorted(missing)}; columns are "
+                             f"{list(t.columns)} (paired tests need {key!r} and 'correct')")
+    both = a[[key, "correct"]].merge(b[[key, "correct"]], on=key, suffixes=("_a", "_b"))
+    if both.empty:
+        nan = float("nan")
+        return {"n": 0, "acc_a": nan, "acc_b": nan, "only_a": 0, "only_b": 0, "p_value": 1.0, "diff": nan}
+    ca, cb = both["correct_a"].astype(bool), both["correct_b"].astype(bool)
+    return {"n": len(both), "acc_a": float(ca.mean()), "acc_b": float(cb.mean()), **mcnemar(ca, cb)}
 
 
 def _read(pd, path: Path):

@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clipkit.analysis.compare import paired_test
 from clipkit.core import stats
+from clipkit.core.files import atomic_write_json, read_json
 from clipkit.train.config import TrainConfig
 from clipkit.evaluate.synthetic import HELD_OUT_SEED
 
@@ -127,7 +129,7 @@ def train_arms(arms: list[Arm], base: dict, seeds=(0,), run_root="runs/experimen
     rows = []
     for i, (arm, seed, cfg) in enumerate(cfgs, 1):
         out = Path(cfg.out)
-        record = _read_json(out / "experiment.json")
+        record = read_json(out / "experiment.json")
         reused = bool(reuse and record and (out / "clipkit.json").exists() and _same_run(record["config"], cfg))
         if not reused:
             if out.exists() and not (reuse and _resumable(out, cfg)):
@@ -138,7 +140,6 @@ def train_arms(arms: list[Arm], base: dict, seeds=(0,), run_root="runs/experimen
             t0 = time.perf_counter()
             train(cfg)
             record = {"config": cfg.to_dict(), "train_seconds": round(time.perf_counter() - t0, 1)}
-            from clipkit.core.files import atomic_write_json
             atomic_write_json(out / "experiment.json", record)
             log(f"[experiment] ({i}/{len(cfgs)}) {arm.name} seed {seed} trained in {record['train_seconds']:.0f}s")
         else:
@@ -153,7 +154,7 @@ def train_arms(arms: list[Arm], base: dict, seeds=(0,), run_root="runs/experimen
 
 def _resumable(out: Path, cfg: TrainConfig) -> bool:
     """An interrupted run of the same config: its config.json matches, so `resume auto` may continue it."""
-    saved = _read_json(out / "config.json")
+    saved = read_json(out / "config.json")
     return bool(saved) and _same_run(saved, cfg)
 
 
@@ -250,13 +251,11 @@ def paired_tests(items: pd.DataFrame, baseline: str) -> pd.DataFrame:
         raise ValueError(f"baseline arm {baseline!r} not among the arms {sorted(set(items['arm']))}")
     rows = []
     for (probe, seed), g in items.groupby(["probe", "seed"], sort=False):
-        base = g[g["arm"] == baseline].set_index("item")["correct"]
+        base = g[g["arm"] == baseline]
         for arm, h in g[g["arm"] != baseline].groupby("arm", sort=False):
-            other = h.set_index("item")["correct"]
-            both = base.index.intersection(other.index)
-            t = stats.mcnemar(other[both].to_numpy(), base[both].to_numpy())
-            rows.append({"probe": probe, "seed": seed, "arm": arm, "baseline": baseline, "n": len(both),
-                         "acc_arm": float(other[both].mean()), "acc_baseline": float(base[both].mean()),
+            t = paired_test(h, base)   # on `item`: the same held-out items were put to every arm
+            rows.append({"probe": probe, "seed": seed, "arm": arm, "baseline": baseline, "n": t["n"],
+                         "acc_arm": t["acc_a"], "acc_baseline": t["acc_b"],
                          "diff": t["diff"], "arm_only_right": t["only_a"], "baseline_only_right": t["only_b"],
                          "p_value": t["p_value"]})
     return pd.DataFrame(rows)
@@ -301,10 +300,3 @@ def findings(summary: pd.DataFrame, paired: pd.DataFrame, baseline: str, alpha: 
             lines.append(f"  - {r.arm} vs {baseline}: {r.diff:+.3f} ({r.arm_only_right} vs {r.baseline_only_right} "
                          f"discordant items, McNemar p = {r.p_value:.2g}): **{word}** at alpha {alpha} / {tests} tests.")
     return "\n".join(lines)
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
