@@ -113,8 +113,9 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device = "cpu"):
             raise ModelSpecError(_unknown_arch(name))
         elif tag and (Path(tag).expanduser().exists() or "/" in tag or tag.endswith(
                 (".pt", ".pth", ".bin", ".safetensors"))):
-            model, _, preprocess = create_model(name)
-            load_weights(model, Path(tag).expanduser(), spec=spec)
+            sd = read_state_dict(Path(tag).expanduser())
+            model, _, preprocess = create_model(name, **architecture_kwargs(sd))
+            _load_state_dict(model, sd, Path(tag).expanduser(), spec=spec)
         elif tag:
             _check_pretrained_available(name, tag, spec)
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag)
@@ -151,9 +152,23 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items()}  # DDP-wrapped saves
 
 
+def architecture_kwargs(sd: dict[str, torch.Tensor]) -> dict:
+    """create_model keyword arguments that the weights themselves require, beyond the architecture name.
+
+    A model trained with the SigLIP loss has a learned `logit_bias` (SigLIP §3: initialised to -10) that
+    open_clip builds only when asked (`init_logit_bias`); its value here is a placeholder that the
+    loaded weights overwrite. Read from the weights, not the sidecar, so that any weights file (a run
+    folder, a training checkpoint's model.safetensors, 'ARCH:/path') loads whatever loss made it.
+    """
+    return {"init_logit_bias": 0.0} if "logit_bias" in sd else {}
+
+
 def load_weights(model: torch.nn.Module, path: Path, spec: str | None = None) -> None:
     """Load a weights file into `model` strictly, with an error that says what does not match."""
-    sd = read_state_dict(Path(path))
+    _load_state_dict(model, read_state_dict(Path(path)), Path(path), spec)
+
+
+def _load_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], path: Path, spec: str | None) -> None:
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     wrong = [k for k in set(own) & set(sd) if own[k].shape != sd[k].shape]
@@ -170,7 +185,11 @@ def load_weights(model: torch.nn.Module, path: Path, spec: str | None = None) ->
 
 
 def save_model(model: torch.nn.Module, out_dir: str | Path, arch: str, extra: dict | None = None) -> Path:
-    """Save weights (safetensors) + a clipkit.json sidecar, atomically, as a loadable checkpoint folder."""
+    """Save weights (safetensors) + a clipkit.json sidecar, atomically, as a loadable checkpoint folder.
+
+    Everything load_model needs beyond the architecture is in the weights (a SigLIP model's
+    logit_bias: see architecture_kwargs), so the folder loads whatever loss trained the model.
+    """
     from clipkit.core.files import atomic_write_json, save_safetensors_atomic
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,8 +206,9 @@ def _load_clipkit_checkpoint(folder: Path):
         arch = meta["arch"]
     except (json.JSONDecodeError, KeyError) as e:
         raise ModelSpecError(f"{folder / CHECKPOINT_META} is not a clipkit checkpoint sidecar ({e})") from e
-    model, _, preprocess = create_model(arch)
-    load_weights(model, folder / WEIGHTS_FILE, spec=str(folder))
+    sd = read_state_dict(folder / WEIGHTS_FILE)
+    model, _, preprocess = create_model(arch, **architecture_kwargs(sd))
+    _load_state_dict(model, sd, folder / WEIGHTS_FILE, spec=str(folder))
     return model, preprocess, open_clip.get_tokenizer(arch)
 
 
