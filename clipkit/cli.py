@@ -18,22 +18,29 @@ commands:
 
 
 def probe_main(argv=None) -> int:
+    from clipkit.core.paths import slugify
     from clipkit.models import DEFAULT_MODEL, load_model
-    from clipkit.probes import load_any, run_any
-    from clipkit.probes.shift import ShiftResult
-    p = argparse.ArgumentParser(prog="clipkit probe", description="Run probe specs (probes/*.yaml) on a model.")
+    from clipkit.probes import load_spec, parse_option, run_any
+    from clipkit.probes.shift_results import ShiftResult
+    p = argparse.ArgumentParser(prog="clipkit probe", description="Run probe specs on a model. A spec is a name "
+                                "(searched in $CLIPKIT_PROBES's folders, then in the specs shipped with clipkit) "
+                                "or a YAML path.")
     p.add_argument("--model", action="append", help=f"model spec (see clipkit.models; default {DEFAULT_MODEL}); "
                    "repeatable: with several models, each shift probe also prints the effective-robustness table")
-    p.add_argument("--probe", action="append", help="spec name in probes/ or a YAML path (repeatable; "
-                   "any kind: caption choice, fine-grained, shift; default: counting and spatial)")
+    p.add_argument("--probe", action="append", help="a spec name (e.g. counting, spatial, shift) or a YAML path "
+                   "(repeatable; any kind: caption choice, fine-grained, shift; default: counting and spatial)")
     p.add_argument("--n", type=int, default=None, help="override the number of items")
     p.add_argument("--seed", type=int, default=None, help="override the item seed")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec option, the value read as YAML (e.g. counts=[1,2,3], mode=swap); "
+                        "repeatable, applied to every --probe; an unknown key lists the kind's options")
     p.add_argument("--out", default=None, help="write <probe>.csv and <probe>.json here (several models: "
                    "one sub-folder per model, and <probe>.effective_robustness.csv)")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
     models = a.model or [DEFAULT_MODEL]
-    specs = [load_any(s, n=a.n, seed=a.seed) for s in (a.probe or ["counting", "spatial"])]
+    options = dict(parse_option(o) for o in a.option)
+    specs = [load_spec(s, n=a.n, seed=a.seed, options=options) for s in (a.probe or ["counting", "spatial"])]
     shift_results: dict[str, list] = {}   # probe name -> one ShiftResult per model
     for i, name in enumerate(models):
         model, preprocess, tokenizer = load_model(name, device=a.device)
@@ -48,17 +55,12 @@ def probe_main(argv=None) -> int:
                 print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
             if isinstance(r, ShiftResult):
                 shift_results.setdefault(spec.name, []).append(r)
-            if a.out:
-                r.save(a.out if len(models) == 1 else Path(a.out) / _model_dir(name, i))
+            if a.out:   # several models: one numbered folder each, so two specs with one slug never collide
+                r.save(a.out if len(models) == 1 else Path(a.out) / f"{i:02d}-{slugify(name)}")
     if len(models) > 1:
         for probe, results in shift_results.items():
             _print_effective_robustness(probe, results, a.out)
     return 0
-
-
-def _model_dir(model: str, i: int) -> str:
-    """A folder name for a model spec ('ViT-B-32:openai', a checkpoint path), numbered so two never collide."""
-    return f"{i:02d}-" + (re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_.") or "model")
 
 
 def _print_effective_robustness(probe: str, results: list, out: str | None) -> None:

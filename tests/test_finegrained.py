@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipkit.probes import SpecError
-from clipkit.probes.finegrained import (FineGrainedSpec, analyse, load_finegrained_spec, pair_table,
-                                        run_finegrained, spearman)
+from clipkit.probes import ProbeSpec, SpecError, load_spec
+from clipkit.probes.finegrained import FineGrainedOptions, analyse, pair_table, run_finegrained, spearman
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = FineGrainedSpec(name="t", dataset="synthetic:polygon")
+SPEC = ProbeSpec(name="t", kind="finegrained", n=300, options=FineGrainedOptions(dataset="synthetic:polygon"))
 
 
 def _blobs(n_per_class, classes=3, noise=0.05, seed=0):
@@ -70,29 +69,33 @@ def test_pair_table_and_confusion_text_correlation():
     assert rho["rho"] > 0.5 and rho["n_pairs"] == 6
 
 
+FG = {"name": "x", "kind": "finegrained"}
+
+
 @pytest.mark.parametrize("spec, match", [
-    ({"name": "x"}, "missing required key 'dataset'"),
-    ({"name": "x", "dataset": "synthetic:polygon", "n": 3}, "unknown key"),
-    ({"name": "x", "dataset": "synthetic:polygon", "n_test": "many"}, "'n_test' must be int"),
-    ({"name": "x", "dataset": "synthetic:polygon", "n_test": 0}, ">= 1"),
-    ({"name": "x", "dataset": "synthetic:hexagons"}, "unknown synthetic family"),
-    ({"name": "x", "dataset": "cifar10"}, "needs 'root'"),
-    ({"name": "x", "dataset": "synthetic:shade", "seed": True}, "'seed' must be int"),
-    ("no_such_spec", "not found"),
+    (FG, "option 'dataset' is required"),
+    ({**FG, "options": {"dataset": "synthetic:polygon", "n_test": 3}}, r"unknown option.*'n_test'.*known"),
+    ({**FG, "n": "many", "options": {"dataset": "synthetic:polygon"}}, "'n' must be int"),
+    ({**FG, "n": 0, "options": {"dataset": "synthetic:polygon"}}, ">= 1"),
+    ({**FG, "options": {"dataset": "synthetic:polygon", "n_train": 0}}, "'n_train' must be >= 1"),
+    ({**FG, "options": {"dataset": "synthetic:hexagons"}}, "unknown synthetic family"),
+    ({**FG, "options": {"dataset": "cifar10"}}, "needs option 'root'"),
+    ({**FG, "seed": True, "options": {"dataset": "synthetic:shade"}}, "'seed' must be int"),
+    ("no_such_spec", "unknown probe spec"),
 ])
 def test_spec_errors(spec, match):
     with pytest.raises(SpecError, match=match):
-        load_finegrained_spec(spec)
+        load_spec(spec)
 
 
 def test_shipped_specs_validate():
-    for name in ("finegrained_polygon", "finegrained_shade"):
-        s = load_finegrained_spec(name, n_test=12)
-        assert s.n_test == 12 and s.dataset.startswith("synthetic:")
+    for name in ("finegrained_polygon", "finegrained_shade", "finegrained_star"):
+        s = load_spec(name, n=12)
+        assert s.kind == "finegrained" and s.n == 12 and s.options.dataset.startswith("synthetic:")
 
 
 def test_run_on_nano_synthetic(nano, tmp_path):
-    spec = load_finegrained_spec("finegrained_shade", n_train=30, n_test=15)
+    spec = load_spec("finegrained_shade", n=15, options={"n_train": 30})
     r = run_finegrained(spec, *nano, model_name="clipkit-nano", cache=False)
     m = r.metrics()
     assert m["n"] == 15 and m["chance"] == pytest.approx(0.2) and 0 <= m["ci_low"] <= m["accuracy"] <= m["ci_high"]
@@ -108,7 +111,8 @@ def test_run_on_an_image_folder(nano, tmp_path):
         (tmp_path / c).mkdir()
         for i in range(8):
             Image.new("RGB", (32, 32), tuple(max(0, v - 9 * i) for v in colour)).save(tmp_path / c / f"{i}.png")
-    r = run_finegrained({"name": "folder", "dataset": "imagefolder", "root": str(tmp_path), "templates": "photo"},
+    r = run_finegrained({"name": "folder", "kind": "finegrained",
+                         "options": {"dataset": "imagefolder", "root": str(tmp_path), "templates": "photo"}},
                         *nano, model_name="clipkit-nano", cache=False)
     assert r.classes == ["green thing", "red thing"] and r.summary["n"] == 8 and r.summary["n_train"] == 8
     assert r.summary["chance"] == 0.5

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from clipkit.world import synth
-from clipkit.probes import SpecError
+from clipkit.probes import SpecError, load_spec
 from clipkit.analysis.robustness import effective_robustness_of as effective_robustness
-from clipkit.probes.shift_folders import FolderSet, load_folder_shift_spec, run_folder_shift
+from clipkit.probes.shift_folders import FolderSet, run_folder_shift
 from clipkit.analysis.robustness import IN_DISTRIBUTION
 from clipkit.world.shifts import shifted_image
 from conftest import BlindImageModel
@@ -38,9 +38,11 @@ def folders(tmp_path_factory):
             "noisy": _write(base / "noisy", SHAPES, 3, 4, shift="gaussian_noise"), "base": base}
 
 
-def _spec(folders, **kw):
-    return {"name": "fs", "id_train": str(folders["train"]), "id_test": str(folders["test"]),
-            "ood": {"sketch": str(folders["sketch"]), "noisy": str(folders["noisy"])}, "templates": "photo", **kw}
+def _spec(folders, n=None, drop=(), **kw):
+    """A folder_shift spec mapping over the fixture's folders; `drop`: options to leave out."""
+    options = {"id_train": str(folders["train"]), "id_test": str(folders["test"]),
+               "ood": {"sketch": str(folders["sketch"]), "noisy": str(folders["noisy"])}, "templates": "photo", **kw}
+    return {"name": "fs", "kind": "folder_shift", "n": n, "options": {k: v for k, v in options.items() if k not in drop}}
 
 
 def test_folder_set_maps_labels_to_id_classes_and_subsets(folders):
@@ -70,11 +72,11 @@ def test_run_on_nano(folders, nano, tmp_path):
     assert s["n"] == 12 and s["chance"] == pytest.approx(1 / 3) and s["n_shifts"] == 2 and s["n_ood_sets"] == 2
     assert np.isfinite(s["lp_accuracy"]) and s["lp_lambda"] > 0 and s["skipped_images"] == 0
     rec = json.loads(r.save(tmp_path).read_text())
-    assert rec["task"] == "distribution_shift" and len(rec["table"]) == 6 and rec["spec"]["ood"]["sketch"]
+    assert rec["task"] == "distribution_shift" and len(rec["table"]) == 6 and rec["spec"]["options"]["ood"]["sketch"]
 
 
 def test_zero_shot_only_and_caps(folders, nano):
-    spec = {k: v for k, v in _spec(folders, n_test=5).items() if k != "id_train"}
+    spec = _spec(folders, n=5, drop=("id_train",))
     r = run_folder_shift(spec, *nano, cache=False)
     assert set(r.table["classifier"]) == {"zero-shot"} and set(r.table["n"]) == {5}
     assert np.isnan(r.summary["lp_accuracy"]) and np.isnan(r.summary["lp_drop"]) and "lp_correct" not in r.items
@@ -83,7 +85,7 @@ def test_zero_shot_only_and_caps(folders, nano):
 
 def test_a_blind_model_is_at_chance_on_balanced_sets(folders, nano):
     model, preprocess, tokenizer = nano
-    spec = {k: v for k, v in _spec(folders).items() if k != "id_train"}
+    spec = _spec(folders, drop=("id_train",))
     r = run_folder_shift(spec, BlindImageModel(model), preprocess, tokenizer, cache=False)
     # one answer for every image: exactly one class's share of each balanced set, i.e. its chance level
     assert np.allclose(r.table["accuracy"], r.table["chance"])
@@ -91,9 +93,10 @@ def test_a_blind_model_is_at_chance_on_balanced_sets(folders, nano):
 
 def test_effective_robustness_over_folder_results():
     """Three synthetic 'models' with known accuracies go through analysis.robustness.effective_robustness_of."""
-    from clipkit.probes.shift import summarise
-    from clipkit.probes.shift_folders import FolderShiftSpec
-    spec = FolderShiftSpec("fs", "/x", {"r": "/y"})
+    from clipkit.probes import ProbeSpec
+    from clipkit.probes.shift_folders import FolderShiftOptions
+    from clipkit.probes.shift_results import summarise
+    spec = ProbeSpec("fs", "folder_shift", options=FolderShiftOptions(id_test="/x", ood={"r": "/y"}))
     results = []
     for m, (a, b) in enumerate([(0.5, 0.3), (0.7, 0.4), (0.9, 0.6)]):
         items = pd.DataFrame({"shift": [IN_DISTRIBUTION] * 10 + ["r"] * 10, "severity": 0, "kind": "dataset",
@@ -106,44 +109,51 @@ def test_effective_robustness_over_folder_results():
 
 
 @pytest.mark.parametrize("edit, match", [
-    (lambda s, f: s.update(id_test=str(f["base"] / "nope")), "id_test folder .*nope does not exist"),
-    (lambda s, f: s["ood"].update(r=str(f["base"] / "gone")), "ood 'r' folder .*gone does not exist"),
-    (lambda s, f: s.update(id_train=str(f["sketch"])), r"lacks ID class folder\(s\) \['triangle'\]"),
-    (lambda s, f: s.update(classnames={"circle": "a circle"}), r"no name for ID class folder\(s\) \['square', 'triangle'\]"),
-    (lambda s, f: s.update(classnames=str(f["base"] / "names.json")), "classnames file .*names.json does not exist"),
-    (lambda s, f: s.update(ood={}), "non-empty mapping"),
-    (lambda s, f: s.update(ood={IN_DISTRIBUTION: str(f["noisy"])}), "the ID set's name"),
-    (lambda s, f: s.update(n_test=0), "'n_test' must be >= 1"),
-    (lambda s, f: s.update(templates="nope"), "unknown templates"),
-    (lambda s, f: s.update(shifts=["x"]), "unknown key"),
-    (lambda s, f: s.pop("id_test"), "missing required key 'id_test'"),
+    (lambda o, f: o.update(id_test=str(f["base"] / "nope")), "id_test folder .*nope does not exist"),
+    (lambda o, f: o["ood"].update(r=str(f["base"] / "gone")), "ood 'r' folder .*gone does not exist"),
+    (lambda o, f: o.update(id_train=str(f["sketch"])), r"lacks ID class folder\(s\) \['triangle'\]"),
+    (lambda o, f: o.update(classnames={"circle": "a circle"}), r"no name for ID class folder\(s\) \['square', 'triangle'\]"),
+    (lambda o, f: o.update(classnames=str(f["base"] / "names.json")), "classnames file .*names.json does not exist"),
+    (lambda o, f: o.update(ood={}), "non-empty mapping"),
+    (lambda o, f: o.update(ood={IN_DISTRIBUTION: str(f["noisy"])}), "the ID set's name"),
+    (lambda o, f: o.update(n_train=0), "'n_train' must be >= 1 or null"),
+    (lambda o, f: o.update(templates="nope"), "unknown templates"),
+    (lambda o, f: o.update(shifts=["x"]), r"unknown option\(s\) \['shifts'\] for kind 'folder_shift'"),
+    (lambda o, f: o.pop("id_test"), "option 'id_test' is required"),
 ])
 def test_spec_errors(folders, edit, match):
     spec = _spec(folders)
-    spec["ood"] = dict(spec["ood"])
-    edit(spec, folders)
+    spec["options"]["ood"] = dict(spec["options"]["ood"])
+    edit(spec["options"], folders)
     with pytest.raises(SpecError, match=match):
-        load_folder_shift_spec(spec)
+        load_spec(spec)
+
+
+def test_n_is_null_or_at_least_one(folders):
+    assert load_spec(_spec(folders)).n is None          # null: every image of every set
+    with pytest.raises(SpecError, match="'n' must be >= 1 or null"):
+        load_spec(_spec(folders, n=0))
 
 
 def test_ood_classes_not_in_id_are_listed(folders, tmp_path):
     _write(tmp_path / "odd", ["circle", "hexagon", "star"], 1, 5)
     spec = _spec(folders)
-    spec["ood"] = {"odd": str(tmp_path / "odd")}
+    spec["options"]["ood"] = {"odd": str(tmp_path / "odd")}
     with pytest.raises(SpecError, match=r"not ID classes .*\['hexagon', 'star'\]"):
-        load_folder_shift_spec(spec)
+        load_spec(spec)
 
 
 def test_yaml_spec_relative_paths_and_classnames_file(folders):
     base = folders["base"]
     (base / "names.json").write_text(json.dumps({"circle": "round disc", "square": "square", "triangle": "triangle",
                                                  "star": "unused extra names are fine"}))
-    (base / "spec.yaml").write_text("name: rel\nid_test: test\nood: {sketch: sketch}\nclassnames: names.json\n"
-                                    "n_test: 3\nseed: 1\n")
-    s = load_folder_shift_spec(str(base / "spec.yaml"))
-    assert s.id_test == str(folders["test"].resolve()) and s.ood["sketch"] == str(folders["sketch"].resolve())
-    assert s.classnames == {"circle": "round disc", "square": "square", "triangle": "triangle"}
-    assert s.id_train is None and s.n_test == 3 and s.templates is None
+    (base / "spec.yaml").write_text("name: rel\nkind: folder_shift\nn: 3\nseed: 1\noptions:\n  id_test: test\n"
+                                    "  ood: {sketch: sketch}\n  classnames: names.json\n")
+    s = load_spec(str(base / "spec.yaml"))
+    o = s.options
+    assert o.id_test == str(folders["test"].resolve()) and o.ood["sketch"] == str(folders["sketch"].resolve())
+    assert o.classnames == {"circle": "round disc", "square": "square", "triangle": "triangle"}
+    assert o.id_train is None and s.n == 3 and s.seed == 1 and o.templates is None
 
 
 # --- multi-model `clipkit probe`: the effective-robustness table -----------------------------------------
@@ -158,7 +168,7 @@ def second_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def shift_yaml(tmp_path_factory):
     p = tmp_path_factory.mktemp("spec") / "tiny_shift.yaml"
-    p.write_text("name: tiny_shift\nshifts: [gaussian_noise]\nseverities: [5]\nn_train: 24\nn_test: 24\n")
+    p.write_text("name: tiny_shift\nkind: shift\nn: 24\noptions: {shifts: [gaussian_noise], severities: [5], n_train: 24}\n")
     return str(p)
 
 
@@ -182,7 +192,7 @@ def test_cli_effective_robustness_table(shift_yaml, second_model, tmp_path, caps
     """The CLI's plumbing with known accuracies: run_any replaced by constructed per-item results."""
     import clipkit.probes
     from clipkit.cli import probe_main
-    from clipkit.probes.shift import summarise
+    from clipkit.probes.shift_results import summarise
     acc = {"clipkit-nano": {"zs": (0.5, 0.3), "lp": (0.8, 0.35)}, second_model: {"zs": (0.6, 0.45), "lp": (0.9, 0.4)}}
 
     def fake_run_any(spec, model, preprocess, tokenizer, model_name=""):

@@ -8,19 +8,23 @@ import pandas as pd
 import pytest
 import torch
 
-from clipkit.probes import SpecError
+from clipkit.probes import SpecError, load_spec
 from clipkit.analysis.robustness import effective_robustness_of as effective_robustness
-from clipkit.probes.shift import ShiftSpec, conditions, load_shift_spec, run_shift, summarise
+from clipkit.probes.shift import conditions, load_shift_spec, run_shift, summarise
 from clipkit.analysis.robustness import IN_DISTRIBUTION
 from conftest import BlindImageModel
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _spec(**options):
+    return load_spec({"name": "t", "kind": "shift", "options": options})
+
+
 def _items(zs, lp, n=20):
     """Per-item results: {(shift, severity): (zero-shot accuracy, probe accuracy)} with exact fractions."""
     parts = []
-    for (shift, sev), (a, b) in zip(conditions(ShiftSpec("t", shifts=["gaussian_noise", "outline"], severities=[1, 3])),
+    for (shift, sev), (a, b) in zip(conditions(_spec(shifts=["gaussian_noise", "outline"], severities=[1, 3])),
                                     zip(zs, lp)):
         k, j = int(round(a * n)), int(round(b * n))
         parts.append(pd.DataFrame({"shift": shift, "severity": sev, "item": np.arange(n), "target": 0,
@@ -29,13 +33,13 @@ def _items(zs, lp, n=20):
 
 
 def test_conditions_id_first_and_only_valid_severities():
-    c = conditions(ShiftSpec("t", shifts=["gaussian_noise", "outline"], severities=[1, 3]))
+    c = conditions(_spec(shifts=["gaussian_noise", "outline"], severities=[1, 3]))
     assert c == [(IN_DISTRIBUTION, 0), ("gaussian_noise", 1), ("gaussian_noise", 3), ("outline", 1)]
 
 
 def test_summary_drop_and_relative_robustness():
     # conditions: ID, noise@1, noise@3, outline@1. Zero-shot holds; the probe gains ID and loses OOD.
-    r = summarise(_items(zs=[0.5, 0.5, 0.5, 0.5], lp=[0.9, 0.5, 0.3, 0.2]), 4, ShiftSpec("t"), "m")
+    r = summarise(_items(zs=[0.5, 0.5, 0.5, 0.5], lp=[0.9, 0.5, 0.3, 0.2]), 4, _spec(), "m")
     s = r.summary
     assert s["accuracy"] == 0.5 and s["lp_accuracy"] == 0.9 and s["n"] == 20 and s["chance"] == 0.25
     assert s["ci_low"] < 0.5 < s["ci_high"] and s["n_conditions"] == 3 and s["n_shifts"] == 2
@@ -50,49 +54,58 @@ def test_summary_drop_and_relative_robustness():
 
 
 def test_effective_robustness_needs_a_family():
-    one = summarise(_items(zs=[0.5] * 4, lp=[0.9, 0.5, 0.3, 0.2]), 4, ShiftSpec("t"), "m1")
+    one = summarise(_items(zs=[0.5] * 4, lp=[0.9, 0.5, 0.3, 0.2]), 4, _spec(), "m1")
     with pytest.raises(ValueError, match="3\\+ classifiers"):
         effective_robustness([one])
-    two = summarise(_items(zs=[0.7, 0.6, 0.5, 0.6], lp=[0.8, 0.6, 0.4, 0.4]), 4, ShiftSpec("t"), "m2")
+    two = summarise(_items(zs=[0.7, 0.6, 0.5, 0.6], lp=[0.8, 0.6, 0.4, 0.4]), 4, _spec(), "m2")
     er = effective_robustness([one, two])
     assert len(er) == 4 and {"effective_robustness", "id_accuracy", "ood_accuracy", "gap"} <= set(er.columns)
     # the fitted trend is a least-squares line: residuals average to ~0 over the reference points
     assert abs(er["effective_robustness"].mean()) < 0.1
 
 
+S = {"name": "x", "kind": "shift"}
+
+
 @pytest.mark.parametrize("spec, match", [
-    ({"family": "shape"}, "missing required key 'name'"),
-    ({"name": "x", "shifts": ["blurry"]}, "unknown shift"),
-    ({"name": "x", "severities": [0, 6]}, "integers in 1..5"),
-    ({"name": "x", "severities": []}, "integers in 1..5"),
-    ({"name": "x", "family": "dogs"}, "unknown family"),
-    ({"name": "x", "n_test": 2.5}, "'n_test' must be int"),
-    ({"name": "x", "corruptions": []}, "unknown key"),
+    ({"kind": "shift"}, "missing required key 'name'"),
+    ({"name": "x", "family": "shape"}, "'family:' is now 'kind:'"),
+    ({**S, "options": {"shifts": ["blurry"]}}, "unknown shift"),
+    ({**S, "options": {"severities": [0, 6]}}, "integers in 1..5"),
+    ({**S, "options": {"severities": []}}, "integers in 1..5"),
+    ({**S, "options": {"family": "dogs"}}, "unknown family"),
+    ({**S, "n": 2.5}, "'n' must be int"),
+    ({**S, "options": {"corruptions": []}}, "unknown option"),
+    ({**S, "corruptions": []}, "unknown key"),
 ])
 def test_spec_errors(spec, match):
     with pytest.raises(SpecError, match=match):
-        load_shift_spec(spec)
+        load_spec(spec)
 
 
-def test_shipped_spec():
-    s = load_shift_spec("shift")
-    assert s.family == "shape" and s.n_test >= 100 and len(conditions(s)) > 20
+def test_shipped_spec_and_the_flat_keyword_form():
+    s = load_spec("shift")
+    assert s.options.family == "shape" and s.n >= 100 and len(conditions(s)) > 20
+    flat = load_shift_spec("shift", n_test=8, seed=3, severities=[3])   # analysis.experiments' form
+    assert flat.n == 8 and flat.seed == 3 and flat.options.severities == [3] and flat.options.n_train == 400
 
 
 def test_run_on_nano(nano, tmp_path):
-    spec = {"name": "s", "shifts": ["gaussian_noise", "outline"], "severities": [1, 5], "n_train": 24, "n_test": 12}
+    spec = {"name": "s", "kind": "shift", "n": 12,
+            "options": {"shifts": ["gaussian_noise", "outline"], "severities": [1, 5], "n_train": 24}}
     r = run_shift(spec, *nano, model_name="clipkit-nano", cache=False)
     assert len(r.items) == 4 * 12 and len(r.table) == 4 * 2
     assert r.summary["n"] == 12 and r.summary["chance"] == pytest.approx(1 / 6)
     assert set(r.robustness["classifier"]) == {"zero-shot", "linear probe"}
     rec = json.loads(r.save(tmp_path).read_text())
-    assert rec["task"] == "distribution_shift" and len(rec["table"]) == 8
+    assert rec["task"] == "distribution_shift" and len(rec["table"]) == 8 and "versions" in rec
+    assert rec["spec"]["kind"] == "shift" and rec["spec"]["options"]["severities"] == [1, 5]
 
 
 
 def test_a_model_blind_to_the_image_is_at_chance_everywhere(nano):
     model, preprocess, tokenizer = nano
-    spec = {"name": "s", "shifts": ["contrast"], "severities": [3], "n_train": 12, "n_test": 12}
+    spec = {"name": "s", "kind": "shift", "n": 12, "options": {"shifts": ["contrast"], "severities": [3], "n_train": 12}}
     r = run_shift(spec, BlindImageModel(model), preprocess, tokenizer, cache=False)
     assert np.allclose(r.table["accuracy"], 1 / 6)            # 12 balanced items over 6 shapes, one answer
     assert r.summary["zs_drop"] == 0 and r.summary["lp_drop"] == 0

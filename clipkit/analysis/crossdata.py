@@ -56,7 +56,7 @@ def zeroshot_vs_linear(model, preprocess, tokenizer, datasets: Sequence[str], n_
     without ks; a k larger than a class's training samples is skipped).
     """
     from clipkit.evaluate import get_templates, kshot_probes
-    from clipkit.probes.finegrained import fit_linear_probe, predict
+    from clipkit.evaluate.linear_probe import fit_linear_probe, predict
     rows, curves = [], []
     for name in datasets:
         train, test = load_split_pair(name, n_train, n_test, seed, root, preprocess)

@@ -133,6 +133,22 @@ def split_validation(y, fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarra
     return np.setdiff1d(np.arange(len(y)), val), val
 
 
+def fit_linear_probe(train_X, train_y, seed: int = 0) -> tuple[LogisticRegression, float]:
+    """Appendix A.3 on one train split: lambda swept on a stratified 20% of train, then refit on all of
+    train (the probes' and cross-dataset analyses' form). Returns (classifier, lambda)."""
+    X, y = np.asarray(train_X, np.float64), np.asarray(train_y)
+    tr, va = split_validation(y, 0.2, seed)
+    sweep = sweep_lambda(X[tr], y[tr], X[va], y[va])
+    with threadpool_limits(1, user_api="blas"):  # small problems: one BLAS thread (see _blas_threads)
+        clf = LogisticRegression(C=1.0 / sweep["lambda"], solver="lbfgs", max_iter=MAX_ITER).fit(X, y)
+    return clf, sweep["lambda"]
+
+
+def predict(clf: LogisticRegression, X) -> np.ndarray:
+    """Class ids predicted by a fitted probe for (N, d) features."""
+    with threadpool_limits(1, user_api="blas"):
+        return clf.predict(np.asarray(X, np.float64))
+
 def linear_probe(train_X, train_y, test_X, test_y, val_X=None, val_y=None, val_fraction: float = 0.2,
                  seed: int = 0, refit_on_val: bool = True, max_iter: int = MAX_ITER, tol: float = 1e-4) -> dict:
     """Sweep lambda on validation, refit on train + val, score on test. Returns CLIP_benchmark's keys

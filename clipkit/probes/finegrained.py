@@ -1,8 +1,8 @@
 """Fine-grained classification probe: zero-shot vs a linear probe on the same image features, per class,
 the most-confused class pairs, and whether zero-shot confusion follows the text similarity of the names.
 
-Not a caption-choice probe (engine.py): the classes are a dataset's labels, so the spec names a dataset
-("synthetic:polygon", "synthetic:shade", "imagefolder" + root, or a torchvision name + root). Both
+Not a caption-choice probe (engine.py): the classes are a dataset's labels, so the spec's options name a
+dataset ("synthetic:polygon", "synthetic:shade", "imagefolder" + root, or a torchvision name + root). Both
 classifiers read the same L2-normalised `encode_image` features of the same test images:
 
 - zero-shot: the prompt-ensembled classifier of §3.1.4 (clipkit.evaluate.zeroshot);
@@ -17,100 +17,45 @@ control: its confusions owe nothing to the text encoder.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from scipy import stats as sps
-from sklearn.linear_model import LogisticRegression
-from threadpoolctl import threadpool_limits
 
 from clipkit.core import stats
-from clipkit.evaluate.linear_probe import MAX_ITER, split_validation, sweep_lambda
-from clipkit.probes.engine import SpecError, _jsonable, read_spec
+from clipkit.core.records import write_record
+from clipkit.evaluate.linear_probe import fit_linear_probe, predict, split_validation
+from clipkit.probes.protocol import ProbeSpec, SpecError, load_spec, register
 
 TOP_PAIRS = 5  # confused pairs listed in the metrics
 
 
 @dataclass
-class FineGrainedSpec:
-    """A fine-grained classification probe: which dataset, prompts, how many images, the seed."""
-    name: str
-    dataset: str                    # "synthetic:<family>", "imagefolder", or a torchvision name
+class FineGrainedOptions:
+    """Options of a fine-grained spec (the common `n` is the number of test images, default 300)."""
+    dataset: str = ""               # "synthetic:<family>", "imagefolder", or a torchvision name
     root: str | None = None         # data folder (imagefolder / torchvision); unused for synthetic
-    templates: str | list | None = None  # a name ("photo", "simple", ...), a list of "{c}" strings, or the dataset's own
+    templates: str | list | None = None  # a name ("photo", "simple", ...), a list of "{c}" strings, or None: the dataset's own
     n_train: int = 600              # training images for the probe (synthetic: generated; real: a seeded subset)
-    n_test: int = 300               # test images scored by both classifiers
-    seed: int = 0                   # synthetic scene seed, subset and validation-split seed
     image_size: int = 72            # synthetic render size (the model's preprocess resizes)
-    description: str = ""
 
-
-FINEGRAINED_KEYS = {"name": str, "dataset": str, "root": (str, type(None)), "templates": (str, list, type(None)),
-                    "n_train": int, "n_test": int, "seed": int, "image_size": int, "description": str}
-
-
-def check_keys(d, keys: dict, required: tuple, source: str) -> dict:
-    """Validate a spec mapping against {key: type(s)} in engine.validate's style; returns a copy."""
-    if not isinstance(d, dict):
-        raise SpecError(f"{source}: a probe spec is a mapping of keys, got {type(d).__name__}")
-    unknown = sorted(set(d) - set(keys))
-    if unknown:
-        raise SpecError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(keys)}")
-    for key in required:
-        if key not in d:
-            raise SpecError(f"{source}: missing required key {key!r}")
-    for key, typ in keys.items():
-        types = typ if isinstance(typ, tuple) else (typ,)
-        if key in d and (not isinstance(d[key], types) or (isinstance(d[key], bool) and bool not in types)):
-            want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            raise SpecError(f"{source}: {key!r} must be {want}, got {d[key]!r}")
-    return dict(d)
-
-
-def read_with_overrides(spec, overrides: dict) -> tuple[dict, str]:
-    """(mapping, source) of a spec dataclass, dict, YAML path or name, with non-None overrides applied."""
-    d, source = read_spec(asdict(spec) if hasattr(spec, "__dataclass_fields__") else spec)
-    if isinstance(d, dict):
-        d.update({k: v for k, v in overrides.items() if v is not None})
-    return d, source
-
-
-def load_finegrained_spec(spec, **overrides) -> FineGrainedSpec:
-    """A validated FineGrainedSpec from a dict, YAML path or name; overrides (n_test=...) replace keys."""
-    d, source = read_with_overrides(spec, overrides)
-    d = check_keys(d, FINEGRAINED_KEYS, ("name", "dataset"), source)
-    for key in ("n_train", "n_test", "image_size"):
-        if d.get(key, 1) < 1:
-            raise SpecError(f"{source}: {key!r} must be >= 1, got {d[key]}")
-    ds = d["dataset"]
-    if ds.startswith("synthetic"):
-        from clipkit.data.classification import FAMILIES
-        family = ds.partition(":")[2] or "shape"
-        if family not in FAMILIES:
-            raise SpecError(f"{source}: unknown synthetic family {family!r} in 'dataset'; known: {sorted(FAMILIES)}")
-    elif d.get("root") is None:
-        raise SpecError(f"{source}: dataset {ds!r} needs 'root' (the folder holding it); nothing is downloaded")
-    return FineGrainedSpec(**d)
-
-
-# --- the analysis: pure functions of features --------------------------------------------------------
-def fit_linear_probe(train_X, train_y, seed: int = 0) -> tuple[LogisticRegression, float]:
-    """Appendix A.3: lambda swept on a stratified 20% of train, refit on all of train. (classifier, lambda)."""
-    X, y = np.asarray(train_X, np.float64), np.asarray(train_y)
-    tr, va = split_validation(y, 0.2, seed)
-    sweep = sweep_lambda(X[tr], y[tr], X[va], y[va])
-    with threadpool_limits(1, user_api="blas"):  # small problems: one BLAS thread (see linear_probe.py)
-        clf = LogisticRegression(C=1.0 / sweep["lambda"], solver="lbfgs", max_iter=MAX_ITER).fit(X, y)
-    return clf, sweep["lambda"]
-
-
-def predict(clf: LogisticRegression, X) -> np.ndarray:
-    """Class ids predicted by a fitted probe for (N, d) features."""
-    with threadpool_limits(1, user_api="blas"):
-        return clf.predict(np.asarray(X, np.float64))
+    def __post_init__(self):
+        for key in ("n_train", "image_size"):
+            if getattr(self, key) < 1:
+                raise SpecError(f"option {key!r} must be >= 1, got {getattr(self, key)}")
+        if not self.dataset:
+            raise SpecError("option 'dataset' is required: 'synthetic:<family>', 'imagefolder' or a torchvision name")
+        if self.dataset.startswith("synthetic"):
+            from clipkit.data.classification import FAMILIES
+            family = self.dataset.partition(":")[2] or "shape"
+            if family not in FAMILIES:
+                raise SpecError(f"option 'dataset': unknown synthetic family {family!r}; known: {sorted(FAMILIES)}")
+        elif self.root is None:
+            raise SpecError(f"option 'dataset' {self.dataset!r} needs option 'root' (the folder holding it); "
+                            f"nothing is downloaded")
 
 
 def confusion(targets, pred, classes) -> pd.DataFrame:
@@ -147,7 +92,7 @@ def spearman(x, y) -> dict:
 @dataclass
 class FineGrainedResult:
     """Per-item table, per-class table (both classifiers), confusions, pair table and summary."""
-    spec: FineGrainedSpec
+    spec: ProbeSpec
     model: str
     classes: list
     table: pd.DataFrame        # one row per test image: target, class, zs_pred, zs_correct, lp_pred, lp_correct
@@ -174,19 +119,15 @@ class FineGrainedResult:
 
     def save(self, out_dir: str | Path) -> Path:
         """Write <name>.csv (per item), <name>.per_class.csv, <name>.pairs.csv and <name>.json (the record)."""
-        from clipkit.core.files import atomic_write_json, atomic_write_text
-        out, name = Path(out_dir), self.spec.name
-        atomic_write_text(out / f"{name}.csv", self.table.to_csv(index=False))
-        atomic_write_text(out / f"{name}.per_class.csv", self.per_class.to_csv(index=False))
-        atomic_write_text(out / f"{name}.pairs.csv", self.pairs.to_csv(index=False))
-        record = {"dataset": self.spec.dataset, "model": self.model, "task": "zeroshot_classification+linear_probe",
-                  "metrics": _jsonable(self.summary), "per_class": _jsonable(self.per_class.to_dict("records")),
-                  "confusion": _jsonable(self.confusion.to_numpy().tolist()), "classes": self.classes,
-                  "spec": _jsonable(asdict(self.spec)), "language": "en"}
-        return atomic_write_json(out / f"{name}.json", record)
+        record = {"dataset": self.spec.options.dataset, "model": self.model,
+                  "task": "zeroshot_classification+linear_probe", "metrics": self.summary,
+                  "per_class": self.per_class.to_dict("records"), "confusion": self.confusion.to_numpy().tolist(),
+                  "classes": self.classes, "spec": self.spec, "language": "en"}
+        return write_record(out_dir, self.spec.name, record, self.table,
+                            tables={"per_class": self.per_class, "pairs": self.pairs})
 
 
-def analyse(train_X, train_y, test_X, test_y, classifier, classes, spec: FineGrainedSpec,
+def analyse(train_X, train_y, test_X, test_y, classifier, classes, spec: ProbeSpec,
             model_name: str = "") -> FineGrainedResult:
     """The whole comparison from features: train/test image features (N, d), labels, the (d, C)
     zero-shot classifier. Pure apart from the probe's fit; tests feed hand-made features."""
@@ -211,7 +152,7 @@ def analyse(train_X, train_y, test_X, test_y, classifier, classes, spec: FineGra
         stats.accuracy_summary(table["lp_correct"], chance, spec.seed)
     rho, lp_rho = spearman(pairs["rate"], pairs["text_cosine"]), spearman(lp_pairs["rate"], lp_pairs["text_cosine"])
     test = stats.mcnemar(table["lp_correct"], table["zs_correct"])
-    summary = {"probe": spec.name, "dataset": spec.dataset, "model": model_name, "n_classes": len(classes), **zs,
+    summary = {"probe": spec.name, "dataset": spec.options.dataset, "model": model_name, "n_classes": len(classes), **zs,
                **{f"lp_{k}": v for k, v in lp.items()}, "lp_lambda": lam, "n_train": int(len(train_y)),
                "lp_minus_zs": test["diff"], "mcnemar_p": test["p_value"],
                "zs_mean_per_class": float(per_class.query("classifier == 'zero-shot'")["accuracy"].mean()),
@@ -230,37 +171,42 @@ def _subset(ds, n: int, seed: int):
     return torch.utils.data.Subset(ds, np.sort(np.random.default_rng(seed).choice(len(ds), n, replace=False)))
 
 
-def datasets(spec: FineGrainedSpec, transform):
+def datasets(spec: ProbeSpec, transform):
     """(train, test, classes, templates) for a spec. An image folder has no splits: a stratified,
     seeded half of it is the test split."""
     from clipkit.data.classification import ImageFolderClassification, SyntheticClassification, load_classification
-    if spec.dataset.startswith("synthetic"):
-        family = spec.dataset.partition(":")[2] or "shape"
-        make = lambda split, n: SyntheticClassification(family, n, spec.seed, split, transform, spec.image_size)  # noqa: E731
-        test = make("test", spec.n_test)
-        return make("train", spec.n_train), test, test.classes, test.templates
-    if spec.dataset == "imagefolder":
-        full = ImageFolderClassification(spec.root, transform=transform)
+    o = spec.options
+    if o.dataset.startswith("synthetic"):
+        family = o.dataset.partition(":")[2] or "shape"
+        make = lambda split, n: SyntheticClassification(family, n, spec.seed, split, transform, o.image_size)  # noqa: E731
+        test = make("test", spec.n)
+        return make("train", o.n_train), test, test.classes, test.templates
+    if o.dataset == "imagefolder":
+        full = ImageFolderClassification(o.root, transform=transform)
         y = np.array([label for _, label in full.samples])
         tr, te = split_validation(y, 0.5, spec.seed)
         sub = torch.utils.data.Subset
-        return (_subset(sub(full, tr), spec.n_train, spec.seed), _subset(sub(full, te), spec.n_test, spec.seed),
+        return (_subset(sub(full, tr), o.n_train, spec.seed), _subset(sub(full, te), spec.n, spec.seed),
                 full.classes, full.templates)
-    train = load_classification(spec.dataset, spec.root, split="train", transform=transform)
-    test = load_classification(spec.dataset, spec.root, split="test", transform=transform)
-    return (_subset(train, spec.n_train, spec.seed), _subset(test, spec.n_test, spec.seed), test.classes,
+    train = load_classification(o.dataset, o.root, split="train", transform=transform)
+    test = load_classification(o.dataset, o.root, split="test", transform=transform)
+    return (_subset(train, o.n_train, spec.seed), _subset(test, spec.n, spec.seed), test.classes,
             test.templates)
 
 
 def run_finegrained(spec, model, preprocess, tokenizer, model_name: str = "", cache=True,
                     batch_size: int = 256) -> FineGrainedResult:
-    """Run a fine-grained spec (name, path, dict or FineGrainedSpec) on a loaded model."""
+    """Run a fine-grained spec (name, path, dict or ProbeSpec) on a loaded model."""
     from clipkit.evaluate import extract_image_features, get_templates, zero_shot_classifier
-    spec = spec if isinstance(spec, FineGrainedSpec) else load_finegrained_spec(spec)
+    spec = spec if isinstance(spec, ProbeSpec) else load_spec(spec)
     train, test, classes, own_templates = datasets(spec, preprocess)
-    templates = get_templates(spec.templates) if spec.templates is not None else (own_templates or get_templates())
+    t = spec.options.templates
+    templates = get_templates(t) if t is not None else (own_templates or get_templates())
     feats = {k: extract_image_features(model, ds, batch_size=batch_size, cache=cache, progress=False)
              for k, ds in (("train", train), ("test", test))}
     classifier = zero_shot_classifier(model, tokenizer, classes, templates)       # (d, C)
     return analyse(feats["train"].features.numpy(), feats["train"].targets.numpy(), feats["test"].features,
                    feats["test"].targets.numpy(), classifier, classes, spec, model_name)
+
+
+register("finegrained", FineGrainedOptions, run_finegrained, n_default=300)

@@ -13,18 +13,33 @@ import json
 import sys
 from pathlib import Path
 
-from clipkit.probes.engine import Item, ProbeSpec, SpecError, register
+from dataclasses import dataclass
+
+from clipkit.probes.engine import Item, choice_kind
+from clipkit.probes.protocol import ProbeSpec, SpecError
 
 
-@register("jsonl", {"path": (str, ""), "image_root": (str, ""), "max_bad_fraction": (float, 0.05)})
+@dataclass
+class JsonlOptions:
+    """Options of a JSONL spec."""
+    path: str = ""                 # the JSONL file (checked when the items are read, so templates load)
+    image_root: str = ""           # folder image paths are relative to; "": the JSONL file's folder
+    max_bad_fraction: float = 0.05  # fail when more than this fraction of images cannot be read
+
+    def __post_init__(self):
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise SpecError(f"option 'max_bad_fraction' must be in [0, 1], got {self.max_bad_fraction}")
+
+
+@choice_kind("jsonl", JsonlOptions, n_default=200)
 def items(spec: ProbeSpec) -> list[Item]:
     """Read up to spec.n items from options.path (see the module docstring for the line format)."""
     from clipkit.data.images import safe_open_image
     o = spec.options
-    path = Path(o["path"]).expanduser()
-    if not o["path"] or not path.exists():
-        raise SpecError(f"{spec.name}: options.path must name an existing JSONL file, got {o['path']!r}")
-    root = Path(o["image_root"]).expanduser() if o["image_root"] else path.parent
+    path = Path(o.path).expanduser()
+    if not o.path or not path.exists():
+        raise SpecError(f"{spec.name}: options.path must name an existing JSONL file, got {o.path!r}")
+    root = Path(o.image_root).expanduser() if o.image_root else path.parent
     out, bad, seen = [], [], 0
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -57,7 +72,7 @@ def items(spec: ProbeSpec) -> list[Item]:
     if bad:
         print(f"[clipkit] {spec.name}: skipped {len(bad)} of {seen} items with unreadable images, "
               f"e.g. {bad[0]}", file=sys.stderr)
-        if len(bad) > o["max_bad_fraction"] * seen:
+        if len(bad) > o.max_bad_fraction * seen:
             raise SpecError(f"{spec.name}: {len(bad)} of {seen} images unreadable (more than "
-                            f"max_bad_fraction={o['max_bad_fraction']}); first: {bad[0]}")
+                            f"max_bad_fraction={o.max_bad_fraction}); first: {bad[0]}")
     return out

@@ -12,13 +12,13 @@ Class subsets. An OOD folder may hold a subset of the ID classes (ImageNet-R and
 ImageNet's 1000). As in Hendrycks et al. 2021 and the CLIP paper, each set is scored among *its own*
 classes: both classifiers' logits are restricted to the classes present in that folder before the
 argmax, and its chance level is 1 / (classes in that folder). A class folder counts as present even
-when empty. Results are shift.ShiftResult tables (shift = the OOD set's name, kind "dataset",
+when empty. Results are shift_results.ShiftResult tables (shift = the OOD set's name, kind "dataset",
 severity 0), so clipkit.analysis.robustness.effective_robustness_of fits trends across models as for synthetic shifts.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,32 +28,33 @@ import yaml
 
 from clipkit.core.fingerprints import files_fingerprint, params_fingerprint
 from clipkit.data.classification import ImageFolderClassification
-from clipkit.probes.engine import SpecError
-from clipkit.probes.finegrained import check_keys, read_with_overrides
-from clipkit.probes.shift import ShiftResult, summarise
+from clipkit.evaluate.linear_probe import fit_linear_probe
+from clipkit.probes.protocol import ProbeSpec, SpecError, load_spec, register
+from clipkit.probes.shift_results import ShiftResult, summarise
 from clipkit.world.shifts import IN_DISTRIBUTION
 
 OOD_KIND = "dataset"  # the `kind` of every OOD row in the table (synthetic shifts: corruption / style)
 
 
 @dataclass
-class FolderShiftSpec:
-    """An ID test folder, OOD folders by name, an optional ID train folder for the probe, class names."""
-    name: str
-    id_test: str                              # ImageFolder of the ID test set; its class folders are the ID classes
+class FolderShiftOptions:
+    """Options of a folder_shift spec (the common `n` caps each test set, ID and OOD; null: every image)."""
+    id_test: str = ""                         # ImageFolder of the ID test set; its class folders are the ID classes
     ood: dict = field(default_factory=dict)   # {set name: ImageFolder}; class folders a subset of the ID ones
     id_train: str | None = None               # ImageFolder for the linear probe (same classes); None: zero-shot only
     classnames: str | dict | None = None      # {folder: "class name"} inline or a JSON/YAML file; None: folder names
     templates: str | list | None = None       # a clipkit.evaluate.zeroshot.get_templates name or list; None: the 80
-    n_train: int | None = None                # seeded subset caps (None: every image)
-    n_test: int | None = None                 # per set: the ID test set and each OOD set
-    seed: int = 0                             # subset and probe-validation seed
-    description: str = ""
+    n_train: int | None = None                # seeded subset cap of id_train (None: every image)
 
-
-FOLDER_SHIFT_KEYS = {"name": str, "id_test": str, "ood": dict, "id_train": (str, type(None)),
-                     "classnames": (str, dict, type(None)), "templates": (str, list, type(None)),
-                     "n_train": (int, type(None)), "n_test": (int, type(None)), "seed": int, "description": str}
+    def __post_init__(self):
+        if not self.id_test:
+            raise SpecError("option 'id_test' is required: the ImageFolder of the in-distribution test set")
+        if self.n_train is not None and self.n_train < 1:
+            raise SpecError(f"option 'n_train' must be >= 1 or null, got {self.n_train}")
+        if not self.ood or not all(isinstance(k, str) and isinstance(v, str) for k, v in self.ood.items()):
+            raise SpecError(f"option 'ood' must be a non-empty mapping {{set name: folder}}, got {self.ood!r}")
+        if IN_DISTRIBUTION in self.ood:
+            raise SpecError(f"option 'ood': {IN_DISTRIBUTION!r} is the ID set's name; rename that OOD set")
 
 
 def class_folders(root) -> list[str]:
@@ -86,22 +87,13 @@ def _read_classnames(value, base: Path, source: str) -> dict:
     return {str(k): str(v) for k, v in m.items()}
 
 
-def load_folder_shift_spec(spec, **overrides) -> FolderShiftSpec:
-    """A validated FolderShiftSpec from a dict, YAML path or name in probes/; overrides replace keys.
-
-    Checks the folders now (before any model loads): each exists, OOD and train class folders are ID
-    classes, the class-name map covers every ID folder. Relative paths are read from the spec's folder
-    (a dict spec: the working directory) and stored absolute."""
-    d, source = read_with_overrides(spec, overrides)
-    d = check_keys(d, FOLDER_SHIFT_KEYS, ("name", "id_test", "ood"), source)
+def check_folders(spec: ProbeSpec, source: str) -> ProbeSpec:
+    """The spec with its folders checked and stored absolute, before any model loads: each exists, OOD
+    and train class folders are ID classes, the class-name map covers every ID folder. Relative paths
+    are read from the spec file's folder (a dict spec: the working directory)."""
+    d = dict(spec.options.__dict__)
+    d["ood"] = dict(d["ood"])
     base = Path(source).resolve().parent if Path(source).is_file() else Path.cwd()
-    for key in ("n_train", "n_test"):
-        if d.get(key) is not None and d[key] < 1:
-            raise SpecError(f"{source}: {key!r} must be >= 1 or null, got {d[key]}")
-    if not d["ood"] or not all(isinstance(k, str) and isinstance(v, str) for k, v in d["ood"].items()):
-        raise SpecError(f"{source}: 'ood' must be a non-empty mapping {{set name: folder}}, got {d['ood']!r}")
-    if IN_DISTRIBUTION in d["ood"]:
-        raise SpecError(f"{source}: {IN_DISTRIBUTION!r} is the ID set's name; rename that OOD set")
     d["id_test"] = str(_folder(d["id_test"], base, "id_test", source))
     id_classes = class_folders(d["id_test"])
     if not id_classes:
@@ -134,7 +126,7 @@ def load_folder_shift_spec(spec, **overrides) -> FolderShiftSpec:
             get_templates(d["templates"])
         except ValueError as e:
             raise SpecError(f"{source}: {e}") from None
-    return FolderShiftSpec(**d)
+    return replace(spec, options=FolderShiftOptions(**d))
 
 
 class FolderSet(ImageFolderClassification):
@@ -167,23 +159,23 @@ def _restricted_argmax(scores: np.ndarray, columns: np.ndarray, allowed: np.ndar
 
 def run_folder_shift(spec, model, preprocess, tokenizer, model_name: str = "", cache=True,
                      batch_size: int = 256) -> ShiftResult:
-    """Run a folder shift spec (name, path, dict or FolderShiftSpec) on a loaded model; see the module docstring."""
+    """Run a folder shift spec (name, path, dict or ProbeSpec) on a loaded model; see the module docstring."""
     from threadpoolctl import threadpool_limits
     from clipkit.evaluate import extract_image_features, get_templates, zero_shot_classifier
-    from clipkit.probes.finegrained import fit_linear_probe
-    spec = spec if isinstance(spec, FolderShiftSpec) else load_folder_shift_spec(spec)
-    id_folders = class_folders(spec.id_test)
-    names = spec.classnames or {c: c.replace("_", " ") for c in id_folders}
+    spec = spec if isinstance(spec, ProbeSpec) else load_spec(spec)
+    o = spec.options
+    id_folders = class_folders(o.id_test)
+    names = o.classnames or {c: c.replace("_", " ") for c in id_folders}
     classifier = zero_shot_classifier(model, tokenizer, [names[c] for c in id_folders],
-                                      get_templates(spec.templates)).cpu()                # (d, C)
+                                      get_templates(o.templates)).cpu()                # (d, C)
     probe = lam = None
-    if spec.id_train is not None:
-        train = FolderSet(spec.id_train, id_folders, preprocess, f"{spec.name}-train", spec.n_train, spec.seed)
+    if o.id_train is not None:
+        train = FolderSet(o.id_train, id_folders, preprocess, f"{spec.name}-train", o.n_train, spec.seed)
         tr = extract_image_features(model, train, batch_size=batch_size, cache=cache, progress=False)
         probe, lam = fit_linear_probe(tr.features.numpy(), tr.targets.numpy(), seed=spec.seed)
     parts, skipped = [], 0
-    for shift, root in [(IN_DISTRIBUTION, spec.id_test), *spec.ood.items()]:
-        ds = FolderSet(root, id_folders, preprocess, f"{spec.name}-{shift}", spec.n_test, spec.seed)
+    for shift, root in [(IN_DISTRIBUTION, o.id_test), *o.ood.items()]:
+        ds = FolderSet(root, id_folders, preprocess, f"{spec.name}-{shift}", spec.n, spec.seed)
         f = extract_image_features(model, ds, batch_size=batch_size, cache=cache, progress=False)
         skipped += f.skipped
         X, y = f.features, f.targets.numpy()                                                # (n, d), (n,)
@@ -198,6 +190,9 @@ def run_folder_shift(spec, model, preprocess, tokenizer, model_name: str = "", c
             cols.update(lp_pred=lp_pred, lp_correct=lp_pred == y)
         parts.append(pd.DataFrame(cols))
     result = summarise(pd.concat(parts, ignore_index=True), len(id_folders), spec, model_name)
-    result.summary.update(family="imagefolder", n_ood_sets=len(spec.ood), lp_lambda=lam,
+    result.summary.update(family="imagefolder", n_ood_sets=len(o.ood), lp_lambda=lam,
                           skipped_images=skipped)   # unreadable files, left out of n
     return result
+
+
+register("folder_shift", FolderShiftOptions, run_folder_shift, n_default=None, n_nullable=True, check=check_folders)

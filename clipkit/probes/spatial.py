@@ -7,26 +7,40 @@ true caption and the one with the two objects swapped ("a red circle left of a b
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
 from clipkit.world import synth
-from clipkit.probes.engine import Item, ProbeSpec, register
+from clipkit.probes.engine import Item, choice_kind
+from clipkit.probes.protocol import ProbeSpec, SpecError
 
 SEED_STRIDE = 100_000
+MODES = ("relation", "swap")
 
 
-@register("spatial", {"relations": (list, list(synth.RELATIONS)), "mode": (str, "relation"),
-                      "image_size": (int, 72), "template": (str, "{}")})
+@dataclass
+class SpatialOptions:
+    """Options of a spatial spec."""
+    relations: list = field(default_factory=lambda: list(synth.RELATIONS))  # a subset of synth.RELATIONS
+    mode: str = "relation"         # "relation": K-way choice of the relation word; "swap": 2-way, objects swapped
+    image_size: int = 72           # render size in pixels (the model's preprocess resizes)
+    template: str = "{}"           # caption template, e.g. "a photo of {}"
+
+    def __post_init__(self):
+        if not self.relations or any(r not in synth.RELATIONS for r in self.relations):
+            raise SpecError(f"option 'relations' must be a non-empty subset of {synth.RELATIONS}, got {self.relations!r}")
+        if self.mode not in MODES:
+            raise SpecError(f"option 'mode' must be one of {MODES}, got {self.mode!r}")
+        if self.image_size < 1:
+            raise SpecError(f"option 'image_size' must be >= 1, got {self.image_size}")
+
+
+@choice_kind("spatial", SpatialOptions)
 def items(spec: ProbeSpec) -> list[Item]:
     """spec.n two-object scenes balanced over relations."""
     o = spec.options
-    rels = list(o["relations"])
-    if not rels or any(r not in synth.RELATIONS for r in rels):
-        raise ValueError(f"spatial: 'relations' must be a subset of {synth.RELATIONS}, got {rels}")
-    if o["mode"] not in ("relation", "swap"):
-        raise ValueError(f"spatial: 'mode' must be 'relation' or 'swap', got {o['mode']!r}")
+    rels = list(o.relations)
     out = []
     for i in range(spec.n):
         # items come in mirrored pairs: item 2p+1 is item 2p with the two objects' places swapped,
@@ -38,11 +52,11 @@ def items(spec: ProbeSpec) -> list[Item]:
             scene = mirror(scene)
         rel = scene.facts["relation"]
         a, b = scene.facts["a"], scene.facts["b"]
-        if o["mode"] == "relation":
+        if o.mode == "relation":
             captions, answer = [synth.relation_caption(a, r, b) for r in rels], rels.index(rel)
         else:
             captions, answer = [synth.relation_caption(a, rel, b), synth.relation_caption(b, rel, a)], 0
-        out.append(Item(synth.render(scene, size=o["image_size"]), [o["template"].format(c) for c in captions],
+        out.append(Item(synth.render(scene, size=o.image_size), [o.template.format(c) for c in captions],
                         answer, {"relation": rel, "pair": pair, "a": " ".join(a), "b": " ".join(b)}))
     return out
 
