@@ -52,12 +52,13 @@ def test_trend_recovers_a_logit_line_and_zero_er():
 
 
 def test_robustness_points_from_a_shift_table():
-    from clipkit.probes.shift import CLASSIFIERS, ShiftSpec, summarise
+    from clipkit.probes import load_spec
+    from clipkit.probes.shift_results import CLASSIFIERS, summarise
     rng = np.random.default_rng(0)
     items = pd.concat([pd.DataFrame({"shift": s, "severity": sev, "item": np.arange(20),
                                      "zs_correct": rng.random(20) < p, "lp_correct": rng.random(20) < p - 0.1})
                        for s, sev, p in (("in_distribution", 0, 0.9), ("fog", 3, 0.6), ("grayscale", 1, 0.7))])
-    res = summarise(items, 4, ShiftSpec(name="t", shifts=["fog", "grayscale"]), "m")
+    res = summarise(items, 4, load_spec({"name": "t", "kind": "shift", "options": {"shifts": ["fog", "grayscale"]}}), "m")
     pts = crossdata.robustness_points([res])
     assert list(pts["classifier"]) == list(CLASSIFIERS) and (pts["n_shifts"] == 2).all()
     zs = items[items["shift"] != "in_distribution"].groupby("shift")["zs_correct"].mean().mean()
