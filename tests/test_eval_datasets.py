@@ -11,7 +11,9 @@ from clipkit.world import synth
 from clipkit.data.classification import (FAMILIES, DatasetNotFound, SyntheticClassification,
                                          TorchvisionClassification, load_classification)
 from clipkit.evaluate.features import extract_image_features
-from clipkit.evaluate.retrieval_data import CaptionsCSV, CaptionsWebDataset, SyntheticCaptions, evaluate_retrieval
+from clipkit.data.captions import CaptionsCSV, SyntheticCaptions
+from clipkit.data.wds import CaptionsWebDataset
+from clipkit.evaluate.retrieval_eval import evaluate_retrieval
 
 
 # --- synthetic --------------------------------------------------------------------------------

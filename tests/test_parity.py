@@ -17,7 +17,8 @@ from clipkit.world import synth
 from clipkit.evaluate import zeroshot as zs
 from clipkit.data.classification import SyntheticClassification
 from clipkit.evaluate.retrieval import recall_at_k
-from clipkit.evaluate.retrieval_data import CaptionsCSV, evaluate_retrieval, image_captions_collate
+from clipkit.data.captions import CaptionsCSV, image_captions_collate
+from clipkit.evaluate.retrieval_eval import evaluate_retrieval
 
 try:
     import clip_benchmark.metrics.zeroshot_classification as cb_zs

@@ -1,12 +1,18 @@
-"""Image-caption datasets: the synthetic corpus, CSV/TSV files, and random noise.
+"""Image-caption datasets for training and for retrieval evaluation: the synthetic corpus, CSV/TSV files, noise.
 
-
-Datasets (all return dicts: image (3, S, S), text (L,) token ids, index, bad; with hard negatives
-also neg_text (h, L) and neg_valid (h,)):
+Training datasets (all return dicts: image (3, S, S), text (L,) token ids, index, bad; with hard
+negatives also neg_text (h, L) and neg_valid (h,)):
   SynthCaptions   the synthetic scene corpus (the embedded default); sample i is always scene i
   CsvCaptions     a CSV/TSV file with an image-path column and a caption column (open_clip's format)
   NoiseCaptions   random pixels and tokens, to measure the training step without data costs
   WdsCaptions     webdataset tar shards (.jpg/.png + .txt), in clipkit.data.wds
+
+Evaluation datasets (items `(image, [caption, ...])`, image None when the file cannot be read: feature
+extraction counts and skips it, its captions dropped with it; `fingerprint` keys the feature cache):
+  CaptionsCSV         the same CSV files (one parser, `read_caption_csv`); rows sharing a filepath are
+                      one image with several captions (COCO/Flickr style: five rows per image)
+  SyntheticCaptions   held-out synthetic scenes with their canonical caption (and variants)
+  CaptionsWebDataset  tar shards read once, in order, in clipkit.data.wds
 
 Exact resume: a map-style dataset is read through `GlobalBatches`, which maps "sample number p of
 the run" to a row (a fresh permutation per epoch) and seeds that sample's random crop from
@@ -16,18 +22,22 @@ workers, ranks, or restarts. `bad` counts unreadable images skipped to produce t
 from __future__ import annotations
 
 import csv
+import logging
 import sys
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from clipkit.core.fingerprints import files_fingerprint, params_fingerprint
 from clipkit.data.images import BadImageError, safe_open_image
 from clipkit.data.transforms import sample_seed, seeded
 from clipkit.world import synth
 
 MAX_CONSECUTIVE_BAD = 16  # a CSV item tries this many rows before deciding the data is broken
+log = logging.getLogger("clipkit.evaluate")   # evaluation datasets log skipped images where they always did
 
 
 def _key(key) -> tuple[int, int]:
@@ -80,12 +90,12 @@ class SynthCaptions(Dataset):
 
 
 def read_caption_csv(path, img_key: str = "filepath", caption_key: str = "title",
-                     sep: str = "") -> tuple[np.ndarray, np.ndarray, str]:
-    """(image paths, captions, separator) from a CSV/TSV file with a header row.
+                     sep: str = "", image_root=None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(image paths, captions, separator) from a CSV/TSV file with a header row, one row per pair.
 
     sep "" detects the separator from the header (tab, comma, semicolon or pipe). Relative image
-    paths are taken relative to the CSV file's folder. A missing column is an error that names
-    the columns that were found.
+    paths are taken relative to `image_root`, else to the CSV file's folder. A missing column is an
+    error that names the columns that were found.
     """
     import pandas as pd
     path = Path(path)
@@ -106,10 +116,10 @@ def read_caption_csv(path, img_key: str = "filepath", caption_key: str = "title"
     if missing:
         raise ValueError(f"CSV dataset {path}: no column {' or '.join(map(repr, missing))} (separator "
                          f"{sep!r}); columns found: {list(df.columns)}. Name the image-path and caption "
-                         f"columns with --csv-img-key / --csv-caption-key.")
+                         f"columns (img_key= / caption_key=; clipkit train: --csv-img-key / --csv-caption-key).")
     if len(df) == 0:
         raise ValueError(f"CSV dataset {path}: header only, no rows")
-    root = path.resolve().parent
+    root = Path(image_root).expanduser() if image_root else path.resolve().parent
     files = [p if Path(p).is_absolute() else str(root / p) for p in df[img_key]]
     # fixed-width numpy strings, not lists of Python objects: worker processes forked from the main
     # one then share these pages instead of copying them as reference counts change
@@ -189,3 +199,66 @@ class NoiseCaptions(Dataset):
         return item
 
 
+# --- evaluation datasets: (image, [captions]) per image -----------------------------------------
+class CaptionsCSV(Dataset):
+    """Images with their captions from a CSV (see `read_caption_csv`; separator detected); relative
+    paths are taken from `image_root`, else from the CSV's folder."""
+
+    def __init__(self, path, transform: Callable | None = None, image_root=None, img_key: str = "filepath",
+                 caption_key: str = "title", sep: str | None = None, name: str | None = None):
+        self.path = Path(path).expanduser()
+        # the CSV's folder as given (not resolved): the file names enter the cache fingerprint
+        files, captions, _ = read_caption_csv(self.path, img_key, caption_key, sep or "",
+                                              image_root=image_root or self.path.parent)
+        groups: dict[str, list[str]] = {}
+        for fp, cap in zip(files.tolist(), captions.tolist()):
+            groups.setdefault(fp, []).append(cap)      # first-appearance order of images
+        self.files = [Path(fp) for fp in groups]
+        self.captions = list(groups.values())
+        self.transform, self.name = transform, name or self.path.stem
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        try:
+            image = safe_open_image(self.files[i])
+        except BadImageError as e:
+            log.debug("skipping %s: %s", self.files[i], e)
+            return None, self.captions[i]
+        return (self.transform(image) if self.transform else image), self.captions[i]
+
+    @property
+    def fingerprint(self) -> str:
+        return params_fingerprint(kind="csv", csv=files_fingerprint([self.path]), images=files_fingerprint(self.files))
+
+
+class SyntheticCaptions(Dataset):
+    """n held-out synthetic corpus scenes (seed 999 is never trained on) with their canonical caption,
+    formatted by each of `templates` ("{c}" alone = the caption itself) for several captions per image."""
+
+    def __init__(self, n: int = 500, seed: int = 999, transform: Callable | None = None, image_size: int = 72,
+                 templates: Sequence[str] = ("{c}",), name: str | None = None):
+        self.n, self.seed, self.transform, self.image_size = n, seed, transform, image_size
+        self.templates = list(templates)
+        self.name = name or "synthetic_captions"
+        self.scenes = [synth.corpus_item(i, seed=seed) for i in range(n)]
+        self.captions = [[t.format(c=synth.caption(s)) for t in self.templates] for s in self.scenes]
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        image = synth.render(self.scenes[i], size=self.image_size)
+        return (self.transform(image) if self.transform else image), self.captions[i]
+
+    @property
+    def fingerprint(self) -> str:
+        from clipkit.data.classification import _SYNTH_SOURCE   # the synthetic world's source hash
+        return params_fingerprint(kind="synthetic_captions", n=self.n, seed=self.seed, templates=self.templates,
+                                  image_size=self.image_size, synth=_SYNTH_SOURCE)
+
+
+def image_captions_collate(batch):
+    """(images (B, 3, H, W), [[captions of image 0], ...]): CLIP_benchmark's retrieval batch layout."""
+    return torch.stack([b[0] for b in batch]), [b[1] for b in batch]

@@ -1,4 +1,5 @@
-"""Webdataset tar shards (.jpg/.png/.webp + .txt per sample key) as an endless training stream.
+"""Webdataset tar shards (.jpg/.png/.webp + .txt per sample key): an endless training stream, and the
+finite in-order reader that retrieval evaluation uses (`CaptionsWebDataset`, at the end).
 
     --data wds --data-path '/data/shards/{00000..00999}.tar'
 
@@ -21,10 +22,14 @@ from __future__ import annotations
 import io
 import random
 import sys
+import tarfile
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
+from clipkit.core.fingerprints import files_fingerprint, params_fingerprint
 from clipkit.data.images import BadImageError, safe_open_image
 from clipkit.data.captions import negatives_item
 from clipkit.data.transforms import sample_seed, seeded
@@ -125,7 +130,6 @@ def write_shards(samples, pattern: str, per_shard: int = 100) -> list[str]:
 
     A small writer for tests and examples (webdataset's ShardWriter does the same at scale).
     """
-    import tarfile
     paths, tar = [], None
     for n, (key, data, ext, caption) in enumerate(samples):
         if n % per_shard == 0:
@@ -141,3 +145,55 @@ def write_shards(samples, pattern: str, per_shard: int = 100) -> list[str]:
         tar.close()
     return paths
 
+
+class CaptionsWebDataset(IterableDataset):
+    """Tar shards in webdataset layout for evaluation, every sample once and in order: files sharing a
+    key (the name up to its first dot) form a sample; the image is the first of IMAGE_EXTS present,
+    captions the lines of .txt. Items `(image, [caption, ...])`, image None when it cannot be decoded.
+    `urls` is a list of paths or one brace pattern ('shards/{000..009}.tar').
+
+    Its own reader, not webdataset's (WdsCaptions): evaluation needs one ordered pass with no
+    resampling, shuffling or worker split, and several captions per image."""
+
+    def __init__(self, urls: str | Sequence[str], transform: Callable | None = None, name: str | None = None):
+        if isinstance(urls, (str, Path)):
+            urls = expand_urls(str(urls))
+        self.urls = [str(Path(u).expanduser()) for u in urls]
+        missing = [u for u in self.urls if not Path(u).exists()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} shard(s) not found, e.g. {missing[0]}")
+        self.transform, self.name = transform, name or Path(self.urls[0]).parent.name or "webdataset"
+
+    def _samples(self):
+        for url in self.urls:
+            with tarfile.open(url) as tar:
+                key, parts = None, {}
+                for m in tar:
+                    if not m.isfile():
+                        continue
+                    folder, base = m.name.rpartition("/")[::2]
+                    k, _, ext = base.partition(".")
+                    if (folder, k) != key and parts:
+                        yield parts
+                        parts = {}
+                    key = (folder, k)
+                    parts[ext.lower()] = tar.extractfile(m).read()
+                if parts:
+                    yield parts
+
+    def __iter__(self):
+        for parts in self._samples():
+            ext = next((e for e in IMAGE_EXTS if e in parts), None)
+            if ext is None or "txt" not in parts:
+                continue  # not an image-caption sample (e.g. a stray .json)
+            captions = [c.strip() for c in parts["txt"].decode("utf-8", "replace").splitlines() if c.strip()]
+            try:
+                image = safe_open_image(parts[ext])
+            except BadImageError:   # counted and skipped by feature extraction
+                yield None, captions
+                continue
+            yield (self.transform(image) if self.transform else image), captions
+
+    @property
+    def fingerprint(self) -> str:
+        return params_fingerprint(kind="webdataset", shards=files_fingerprint(self.urls))

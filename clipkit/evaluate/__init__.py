@@ -10,7 +10,9 @@ from clipkit.evaluate.zeroshot import (classification_metrics, evaluate_zeroshot
 from clipkit.evaluate.linear_probe import evaluate_linear_probe, kshot_probes
 from clipkit.data.classification import (DatasetNotFound, ImageFolderClassification, SyntheticClassification,
                                          TorchvisionClassification, load_classification)
-from clipkit.evaluate.retrieval_data import CaptionsCSV, CaptionsWebDataset, SyntheticCaptions, evaluate_retrieval
+from clipkit.data.captions import CaptionsCSV, SyntheticCaptions   # retrieval datasets: in data/, beside training's
+from clipkit.data.wds import CaptionsWebDataset
+from clipkit.evaluate.retrieval_eval import evaluate_retrieval
 from clipkit.core.records import merge_results, result_record, write_result
 
 __all__ = ["choice_scores", "choose", "winoground_scores", "encode_images", "encode_texts",
