@@ -11,8 +11,9 @@ def paired_comparisons(root: str | Path, baseline: str | None = None, exclude=()
     A probe table is any `<probe>.csv` with `item` and `correct` columns (what ProbeResult.save
     writes). Two models are compared only on the items both answered, which are the same images
     when they ran the same spec and seed. The baseline is the given folder name, else the first
-    folder alphabetically; folders named in `exclude` are skipped. Returns one dict per (probe, model): accuracies, n, discordant counts,
-    the exact two-sided McNemar p-value.
+    folder alphabetically; folders named in `exclude` are skipped. The pairing and the test are
+    `paired_test`. Returns one dict per (probe, model): accuracies, n, discordant counts, the exact
+    two-sided McNemar p-value.
     """
     import pandas as pd
     root = Path(root)

@@ -4,9 +4,9 @@ Definitions and constants follow the ImageNet-C reference code (Hendrycks & Diet
 github.com/hendrycks/robustness, ImageNet-C/create_c/make_imagenet_c.py); each constant row (in
 clipkit.world.corruption_constants) is copied from it, indexed by severity 1..5. Why not wrap
 `imagecorruptions` (PyPI 1.1.2, the packaged port)? In our environment it does not import (it needs
-`pkg_resources`, gone from setuptools >= 81), and where it does, fog fails (`np.float_`, removed in NumPy 2) and glass blur fails (`multichannel=`,
-removed from scikit-image); it draws from the global NumPy RNG, refuses images
-under 32 px, keeps 224-px constants at every size, and pulls in OpenCV and scikit-image.
+`pkg_resources`, gone from setuptools >= 81), and where it does, fog fails (`np.float_`, removed in
+NumPy 2) and glass blur fails (`multichannel=`, removed from scikit-image); it draws from the global
+NumPy RNG, refuses images under 32 px, keeps 224-px constants at every size, and pulls in OpenCV and scikit-image.
 
 Sizes. ImageNet-C's constants are in pixels of a 224-px image. The aim is that a severity covers
 the same fraction of the picture at any size: corrupting a 48-px render approximates corrupting the
