@@ -354,3 +354,25 @@ def corpus_item(index: int, seed: int = 0, mix: dict | None = None) -> Scene:
     kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
     # corpus seeds live far from probe seeds (which start at 0) so training never sees probe images
     return make_scene(kind, seed=10_000_000 * (seed + 1) + index)
+
+
+def object_masks(scene: Scene, size: int = 72, supersample: int = 2, threshold: float = 0.5) -> np.ndarray:
+    """(n_objects, size, size) bool: the pixels of `render(scene, size, supersample)` that show each object.
+
+    Each object is drawn by `render` itself, alone, in white on black (so its outline, anti-aliasing
+    and downsampling are exactly render's); a pixel belongs to it when the object covers at least
+    `threshold` of it. Objects drawn later hide earlier ones, as in render.
+    """
+    if not scene.objects:
+        return np.zeros((0, size, size), dtype=bool)
+    cover = []
+    for o in scene.objects:
+        alone = replace(scene, objects=(o,), background=(0, 0, 0))
+        img = render(alone, size=size, supersample=supersample, palette={o.colour: (255, 255, 255)})
+        cover.append(np.asarray(img, dtype=np.float32)[..., 0] / 255.0)      # (size, size) coverage
+    masks = np.stack(cover) >= threshold
+    hidden = np.zeros((size, size), dtype=bool)
+    for i in range(len(masks) - 1, -1, -1):   # later objects are drawn on top
+        masks[i] &= ~hidden
+        hidden |= masks[i]
+    return masks
