@@ -11,6 +11,18 @@ cannot be read: counted and skipped by feature extraction) and carries what eval
 Synthetic families are small tables of class name -> scene factory (a pure function of a seed),
 so a new fine-grained family is a table, not code. Torchvision datasets are never downloaded
 unless asked (`download=True`); a missing dataset raises `DatasetNotFound` naming the folder.
+
+Train and test never share an image. Which split each source uses:
+
+    synthetic:<family>   ours: every (family, split, seed, index) has its own scene seed
+    imagefolder          ours: seeded, stratified 60 / 20 / 20 (OWN_SPLIT: train / val / test)
+    eurosat              ours, the same 60 / 20 / 20 of the 27,000 images: VTAB's proportions, not
+                         VTAB's membership (that follows TFDS's file order, which torchvision's folders
+                         do not have); CLIP_benchmark's torchvision EuroSAT has no split at all
+    pets                 the official trainval / test, as CLIP_benchmark: "train" means trainval
+    every other name     the official splits, as CLIP_benchmark builds them (TORCHVISION below)
+
+"trainval" is train + val and "all" is the whole set (for zero-shot only: nothing fits on it).
 """
 from __future__ import annotations
 
@@ -24,6 +36,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -49,6 +62,38 @@ class ClassificationDataset(Dataset):
     @property
     def fingerprint(self) -> str:
         raise NotImplementedError
+
+
+# --- our own split, for sources that have none -------------------------------------------------
+# VTAB's proportions for EuroSAT (train 60%, val 20%, test 20%), used for every source without a split
+OWN_SPLIT = {"train": 0.6, "val": 0.2, "test": 0.2}
+OWN_SPLITS = ("train", "val", "test", "trainval", "all")
+
+
+def stratified_split(labels, split: str, seed: int = 0) -> np.ndarray:
+    """Sorted indices of `split` in a seeded, stratified train / val / test partition of `labels`.
+
+    Per class: a permutation seeded by (seed, class) puts round(20%) of its items in test (at least one
+    when the class has two or more), round(20%) in val (while one is left for train) and the rest in
+    train, so the three never overlap and every class with two items is in both train and test; a
+    class's membership does not depend on the other classes. "trainval" is train + val, "all" everything.
+    """
+    if split not in OWN_SPLITS:
+        raise ValueError(f"split must be one of {list(OWN_SPLITS)}, got {split!r}")
+    y = np.asarray(labels)
+    if split == "all":
+        return np.arange(y.size)
+    keep = []
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        n = members.size
+        n_test = max(1, int(np.rint(OWN_SPLIT["test"] * n))) if n >= 2 else 0
+        n_val = max(0, min(int(np.rint(OWN_SPLIT["val"] * n)), n - n_test - 1))
+        order = members[np.random.default_rng(zlib.crc32(f"split/{seed}/{c}".encode())).permutation(n)]
+        parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+        parts["trainval"] = np.concatenate([parts["train"], parts["val"]])
+        keep.append(parts[split])
+    return np.sort(np.concatenate(keep)) if keep else np.arange(0)
 
 
 # --- synthetic families -----------------------------------------------------------------------
@@ -98,7 +143,9 @@ class SyntheticClassification(ClassificationDataset):
     """n balanced images of a synthetic family: sample i has label i % n_classes and its own scene seed.
 
     `family` is a name in FAMILIES or a `Family`. Splits draw disjoint seeds, so "train", "val" and
-    "test" of the same family never share an image. Pure function of the arguments (and synth.py).
+    "test" of the same family never share an image: the scene seed is crc32 of "family/split/seed/i"
+    (tests/test_splits.py checks that no seed is shared between splits up to 10,000 images each).
+    Pure function of the arguments (and synth.py).
     """
 
     def __init__(self, family: str | Family = "shape", n: int = 600, seed: int = 0, split: str = "test",
@@ -109,6 +156,8 @@ class SyntheticClassification(ClassificationDataset):
             self.family_name, family = family, FAMILIES[family]
         else:
             self.family_name = name or "custom"
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"synthetic split must be 'train', 'val' or 'test', got {split!r}")
         self.family, self.n, self.seed, self.split = family, int(n), int(seed), split
         self.transform, self.image_size = transform, image_size
         self.classes = list(family.classes)
@@ -141,16 +190,23 @@ class SyntheticClassification(ClassificationDataset):
 
 # --- folders on disk --------------------------------------------------------------------------
 class ImageFolderClassification(ClassificationDataset):
-    """root/<class>/<image>: class names are folder names with "_" read as spaces."""
+    """root/<class>/<image>: class names are folder names with "_" read as spaces.
+
+    A folder has no split of its own: split="all" (the default) is every image; "train", "val",
+    "test" and "trainval" are our seeded, stratified 60 / 20 / 20 partition (stratified_split).
+    A folder that already has train/ and test/ subfolders is two folders: load each as "all".
+    """
 
     def __init__(self, root, transform: Callable | None = None, name: str | None = None,
-                 templates: list[str] | None = None):
+                 templates: list[str] | None = None, split: str = "all", seed: int = 0):
         from torchvision.datasets import ImageFolder
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise DatasetNotFound(f"image folder {self.root} does not exist (expected root/<class>/<image>)")
         folder = ImageFolder(str(self.root), loader=lambda p: p, allow_empty=True)
-        self.samples = folder.samples
+        self.split, self.seed = split, int(seed)
+        keep = stratified_split([label for _, label in folder.samples], split, self.seed)
+        self.samples = [folder.samples[i] for i in keep]
         self.classes = [c.replace("_", " ") for c in folder.classes]
         self.transform, self.templates = transform, templates
         self.name = name or self.root.name
@@ -178,8 +234,10 @@ FER2013 = ["angry", "disgusted", "fearful", "happy", "neutral", "sad", "surprise
 PCAM = ["lymph node", "lymph node containing metastatic tumor tissue"]
 _TRAIN_FLAG = {"train": {"train": True}, "test": {"train": False}}
 _SPLIT = lambda *names: {s: {"split": s} for s in names}  # noqa: E731
+OWN = None   # no official split: OWN_SPLIT over the whole set (split -> constructor kwargs is {} for all)
 
-# name -> (torchvision class, folder under root, split -> constructor kwargs, class names or None)
+# name -> (torchvision class, folder under root, split -> constructor kwargs or OWN, class names or None).
+# The official splits are the ones CLIP_benchmark 1.6.2's builder uses.
 TORCHVISION = {
     "cifar10": ("CIFAR10", "cifar-10-batches-py", _TRAIN_FLAG, None),
     "cifar100": ("CIFAR100", "cifar-100-python", _TRAIN_FLAG, None),
@@ -187,14 +245,16 @@ TORCHVISION = {
     "mnist": ("MNIST", "MNIST/raw", _TRAIN_FLAG, DIGITS),
     "svhn": ("SVHN", "", _SPLIT("train", "test"), DIGITS),
     "flowers": ("Flowers102", "flowers-102", _SPLIT("train", "val", "test"), None),
-    "pets": ("OxfordIIITPet", "oxford-iiit-pet", _SPLIT("trainval", "test"), None),
+    # Pets ships trainval / test only (no separate train): "train" asks for trainval
+    "pets": ("OxfordIIITPet", "oxford-iiit-pet", {**_SPLIT("trainval", "test"), "train": {"split": "trainval"}},
+             None),
     "cars": ("StanfordCars", "stanford_cars", _SPLIT("train", "test"), None),
     "fgvc_aircraft": ("FGVCAircraft", "fgvc-aircraft-2013b",
                       {s: {"split": s, "annotation_level": "variant"} for s in ("train", "val", "trainval", "test")},
                       None),
     "food101": ("Food101", "food-101", _SPLIT("train", "test"), None),
     "dtd": ("DTD", "dtd", _SPLIT("train", "val", "test"), None),
-    "eurosat": ("EuroSAT", "eurosat", {"all": {}}, EUROSAT),  # no official split: one set of 27,000
+    "eurosat": ("EuroSAT", "eurosat", OWN, EUROSAT),  # no official split: one set of 27,000, split by us
     "gtsrb": ("GTSRB", "gtsrb", _SPLIT("train", "test"), None),
     "renderedsst2": ("RenderedSST2", "rendered-sst2", _SPLIT("train", "val", "test"), None),
     "pcam": ("PCAM", "pcam", _SPLIT("train", "val", "test"), PCAM),
@@ -206,25 +266,32 @@ ALIASES = {"flowers102": "flowers", "oxford_pets": "pets", "oxford-iiit-pet": "p
 
 
 class TorchvisionClassification(ClassificationDataset):
-    """A torchvision dataset read from a local `root`, with prompt-ready class names and templates."""
+    """A torchvision dataset read from a local `root`, with prompt-ready class names and templates.
+
+    split: one of the dataset's official splits, or for a dataset without any (EuroSAT) one of
+    OWN_SPLITS, our seeded (`seed`) stratified 60 / 20 / 20 partition; see the module docstring.
+    """
 
     def __init__(self, name: str, root, split: str = "test", transform: Callable | None = None,
-                 download: bool = False):
+                 download: bool = False, seed: int = 0):
         import torchvision.datasets as tvd
         key = ALIASES.get(name.lower(), name.lower())
         if key not in TORCHVISION:
             raise ValueError(f"unknown torchvision dataset {name!r}; known: {sorted(TORCHVISION)} "
                              f"(or 'synthetic:<family>', or an image folder)")
         cls_name, folder, splits, classnames = TORCHVISION[key]
-        if key == "eurosat" and split != "all":
-            log.warning("EuroSAT has no official split; using all 27,000 images (split=%r ignored)", split)
-            split = "all"
-        if split not in splits:
-            raise ValueError(f"{key} has splits {sorted(splits)}, not {split!r}")
+        own = splits is OWN
+        if split not in (OWN_SPLITS if own else splits):
+            raise ValueError(f"{key} has splits {list(OWN_SPLITS) if own else sorted(splits)}, not {split!r}"
+                             + (" (our seeded 60/20/20 split: the dataset has none)" if own else ""))
         self.root, self.name, self.split, self.transform = Path(root).expanduser(), key, split, transform
-        self.folder = self.root / folder
+        self.folder, self.seed = self.root / folder, int(seed)
+        cls = getattr(tvd, cls_name)
+        extra = {} if own else dict(splits[split])
+        if "download" in inspect.signature(cls).parameters:   # FER2013 has no download argument
+            extra["download"] = download
         try:
-            self.dataset = getattr(tvd, cls_name)(root=str(self.root), download=download, **splits[split])
+            self.dataset = cls(root=str(self.root), **extra)
         except RuntimeError as e:
             if "download" not in str(e).lower() and "not found" not in str(e).lower():
                 raise
@@ -232,14 +299,23 @@ class TorchvisionClassification(ClassificationDataset):
                 f"{key} ({cls_name}) not found: expected its files in {self.folder} (root={self.root}). "
                 f"Put the extracted dataset there, or pass download=True on a machine with network. "
                 f"torchvision said: {e}") from None
+        if any(t is None for _, t in getattr(self.dataset, "_samples", [])[:1]):
+            raise DatasetNotFound(f"{key} {split!r}: the images have no labels (only test.csv was found). "
+                                  f"Put fer2013.csv or icml_face_data.csv in {self.folder}; they hold the test labels.")
+        # our split indexes the whole set; an official split is used as torchvision reads it
+        self.indices = stratified_split(_targets(self.dataset, key), split, self.seed) if own else None
         raw = classnames or list(getattr(self.dataset, "classes", []))
         self.classes = [c.replace("_", " ") for c in raw]  # Food-101: "apple_pie" -> "apple pie"
         self.templates = DATASET_TEMPLATES.get(key)
 
     def __len__(self):
-        return len(self.dataset)
+        return len(self.dataset) if self.indices is None else len(self.indices)
 
     def __getitem__(self, i):
+        if self.indices is not None:
+            if not -len(self.indices) <= i < len(self.indices):
+                raise IndexError(i)
+            i = int(self.indices[i])
         image, label = self.dataset[i]
         image = image.convert("RGB") if isinstance(image, Image.Image) else image
         return (self.transform(image) if self.transform else image), int(label)
@@ -248,22 +324,34 @@ class TorchvisionClassification(ClassificationDataset):
     def fingerprint(self) -> str:
         if not hasattr(self, "_fingerprint"):  # walks the files once (stat only)
             where = self.folder if self.folder.exists() else self.root
+            own = {} if self.indices is None else {"own_split": OWN_SPLIT, "seed": self.seed}
             self._fingerprint = params_fingerprint(kind="torchvision", name=self.name, split=self.split,
-                                                   n=len(self), files=folder_fingerprint(where))
+                                                   n=len(self), files=folder_fingerprint(where), **own)
         return self._fingerprint
+
+
+def _targets(dataset, key: str) -> list[int]:
+    """The labels of a whole torchvision dataset without decoding its images (for our own split)."""
+    for attr in ("targets", "_labels", "labels"):
+        if getattr(dataset, attr, None) is not None:
+            return [int(t) for t in getattr(dataset, attr)]
+    raise ValueError(f"{key}: cannot read the labels of {type(dataset).__name__} without decoding every "
+                     f"image; add its label attribute to clipkit.data.classification._targets")
 
 
 def load_classification(name: str, root=None, split: str = "test", transform: Callable | None = None,
                         download: bool = False, **kwargs) -> ClassificationDataset:
     """One entry point: 'synthetic:<family>' (kwargs: n, seed, image_size), 'imagefolder' (root =
-    the folder), or a torchvision name ('cifar10', 'flowers', 'eurosat', ...; root = the data root)."""
+    the folder; kwargs: seed of our split), or a torchvision name ('cifar10', 'flowers', 'eurosat', ...;
+    root = the data root; kwargs: seed of our split where the dataset has none). `split` is always
+    honoured: train and test never share an image (see the module docstring for whose split)."""
     if name.startswith("synthetic"):
         family = name.partition(":")[2] or "shape"
         return SyntheticClassification(family, split=split, transform=transform, **kwargs)
     if name == "imagefolder":
         if root is None:
             raise ValueError("'imagefolder' needs root=<folder with one subfolder per class>")
-        return ImageFolderClassification(root, transform=transform, **kwargs)
+        return ImageFolderClassification(root, transform=transform, split=split, **kwargs)
     if root is None:
         raise ValueError(f"{name!r} needs root=<folder holding the dataset> (nothing is downloaded by default)")
-    return TorchvisionClassification(name, root, split=split, transform=transform, download=download)
+    return TorchvisionClassification(name, root, split=split, transform=transform, download=download, **kwargs)
