@@ -12,7 +12,7 @@ from clipkit.data.classification import (FAMILIES, OWN, OWN_SPLITS, TORCHVISION,
 
 POOL, N_CLASSES = 50, 5
 # a fake dataset's official membership: which of the POOL images each official split holds
-OFFICIAL = {"train": range(0, 25), "val": range(25, 35), "trainval": range(0, 35), "test": range(35, 50)}
+OFFICIAL = {"train": range(25), "val": range(25, 35), "trainval": range(35), "test": range(35, 50)}
 
 
 class _Fake:

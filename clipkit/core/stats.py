@@ -232,7 +232,7 @@ def _sign_flip_p(d: np.ndarray, n_flips: int, seed: int) -> tuple[float, str]:
         for x in di:
             dist = 0.5 * (np.roll(dist, x) + np.roll(dist, -x))  # no wrap: |partial sums| <= total
         s = np.arange(-total, total + 1)
-        return float(min(1.0, dist[np.abs(s) >= int(round(obs))].sum())), "cluster sign-flip (exact)"
+        return float(min(1.0, dist[np.abs(s) >= round(obs)].sum())), "cluster sign-flip (exact)"
     rng = np.random.default_rng(seed)
     flips = rng.choice([-1.0, 1.0], size=(n_flips, d.size)) @ d
     hits = int((np.abs(flips) >= obs - 1e-12).sum())
