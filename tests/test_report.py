@@ -263,3 +263,29 @@ def test_report_logs_have_no_tcp_warning_but_real_warnings_show(tmp_path, capfd)
     assert "without encryption" not in log.err + log.out
     assert "kernel stderr still shows" in log.err
     assert "UserWarning: real warning" in outputs(summary.ok[0]["path"])
+
+
+def test_paired_test_aligns_on_item_with_known_counts():
+    """Hand-made tables: a and b share items 1..4 (in a different order); item 0 and 5 are unshared."""
+    import pandas as pd
+    from clipkit.analysis.compare import paired_test
+    a = pd.DataFrame({"item": [0, 1, 2, 3, 4], "correct": [True, True, True, False, True]})
+    b = pd.DataFrame({"item": [4, 3, 2, 1, 5], "correct": [False, False, True, False, True]})
+    t = paired_test(a, b)
+    # shared 1..4: a = T T F T, b = F T F F -> only a right on items 1 and 4, only b right on none
+    assert (t["n"], t["only_a"], t["only_b"], t["acc_a"], t["acc_b"]) == (4, 2, 0, 0.75, 0.25)
+    assert t["p_value"] == pytest.approx(0.5) and t["diff"] == pytest.approx(0.5)   # 2 * 0.5**2
+    assert paired_test(a, b.assign(item=b["item"] + 10))["n"] == 0
+    with pytest.raises(ValueError, match="no column"):
+        paired_test(a.rename(columns={"correct": "hit"}), b)
+
+
+def test_run_metadata_lists_extra_versions_and_read_json_tolerates_bad_files(tmp_path):
+    from clipkit.core.files import atomic_write_text, read_json
+    from clipkit.core.records import versions
+    v = versions(extra=("papermill",))
+    assert v["papermill"] and {"python", "clipkit", "torch", "git_revision"} <= set(v)
+    assert "papermill" not in versions()
+    assert read_json(tmp_path / "missing.json") is None
+    assert read_json(atomic_write_text(tmp_path / "cut.json", '{"a": ')) is None
+    assert read_json(atomic_write_text(tmp_path / "ok.json", '{"a": 1}')) == {"a": 1}
