@@ -28,7 +28,9 @@ def test_perfect_features_give_perfect_zero_shot_and_probe():
     r = analyse(trX, trY, teX, teY, np.eye(3), ["a", "b", "c"], SPEC)
     m = r.metrics()
     assert m["accuracy"] == 1.0 and m["lp_accuracy"] == 1.0
-    assert m["ci_low"] == m["ci_high"] == 1.0 and m["n"] == 30 and m["chance"] == pytest.approx(1 / 3)
+    # 30 of 30 right: the exact (Clopper-Pearson) 95% interval is [0.025 ** (1/30), 1]
+    assert m["ci_high"] == 1.0 and m["ci_low"] == pytest.approx(0.025 ** (1 / 30))
+    assert m["n"] == 30 and m["chance"] == pytest.approx(1 / 3)
     assert m["verdict"] == "above chance" and m["n_train"] == 60
     assert set(r.per_class["n"]) == {10} and len(r.per_class) == 6          # 3 classes x 2 classifiers
     assert np.array_equal(r.confusion.to_numpy(), np.diag([10, 10, 10]))
