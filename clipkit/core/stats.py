@@ -152,7 +152,7 @@ def accuracy_summary(correct, chance, seed: int = 0, clusters=None) -> dict:
     accuracy gives an effective sample size n_eff = p(1-p) / var, shrunk by the degrees-of-freedom
     factor (t_{n-1} / t_{G-1})^2 for G clusters, and the Clopper-Pearson interval and exact test are
     taken at n_eff with p * n_eff successes. Duplicating every item therefore leaves the interval as
-    it was. When the clusters show no variation (all right, all wrong), n_eff = G: each cluster
+    it was (up to that small degrees-of-freedom factor). When the clusters show no variation (all right, all wrong), n_eff = G: each cluster
     counts once. Tie credit enters the cluster sums as it is (no rounding: p * n_eff is real anyway).
     (A cluster bootstrap's percentile interval collapses at all-right as the item bootstrap does.)
 
