@@ -21,10 +21,12 @@ def probe_main(argv=None) -> int:
     from clipkit.core.paths import slugify
     from clipkit.models import DEFAULT_MODEL, load_model
     from clipkit.probes import load_spec, parse_option, run_any
+    from clipkit.probes.protocol import describe_kinds
     from clipkit.probes.shift_results import ShiftResult
     p = argparse.ArgumentParser(prog="clipkit probe", description="Run probe specs on a model. A spec is a name "
                                 "(searched in $CLIPKIT_PROBES's folders, then in the specs shipped with clipkit) "
-                                "or a YAML path.")
+                                "or a YAML path.", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="probe kinds and their --option keys (defaults):\n" + describe_kinds())
     p.add_argument("--model", action="append", help=f"model spec (see clipkit.models; default {DEFAULT_MODEL}); "
                    "repeatable: with several models, each shift probe also prints the effective-robustness table")
     p.add_argument("--probe", action="append", help="a spec name (e.g. counting, spatial, shift) or a YAML path "

@@ -158,3 +158,15 @@ def test_shipped_specs_have_the_new_shape():
         d = yaml.safe_load(p.read_text())
         assert d["name"] == p.stem and d["kind"] in KINDS and "family" not in d, p
         assert set(d) <= {f for f in ProbeSpec.__dataclass_fields__}, p
+
+
+def test_cli_help_lists_each_kinds_options_from_its_dataclass(capsys):
+    from clipkit.cli import probe_main
+    from clipkit.probes.protocol import option_defaults
+    with pytest.raises(SystemExit):
+        probe_main(["--help"])
+    out = capsys.readouterr().out
+    assert "$CLIPKIT_PROBES" in out and "YAML path" in out
+    assert "  counting: counts=[1, 2, 3, 4, 5, 6], size_modes=['random'], image_size=72, template='{}'" in out
+    assert option_defaults("shift")["severities"] == [1, 3, 5] and set(option_defaults("spatial")) == {
+        "relations", "mode", "image_size", "template"}

@@ -129,6 +129,21 @@ def make_options(kind: str, opts: dict, source: str = "spec"):
         raise SpecError(f"{source}: {e}") from None
 
 
+def option_defaults(kind: str) -> dict:
+    """{option: default} of a kind, read off its options dataclass (the only list of its options)."""
+    out = {}
+    for f in dataclasses.fields(KINDS[kind].options_cls):
+        has = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        out[f.name] = (f.default if f.default is not dataclasses.MISSING else f.default_factory()) if has else None
+    return out
+
+
+def describe_kinds() -> str:
+    """One line per registered kind with its options and their defaults (the CLI's --help)."""
+    return "\n".join(f"  {k}: " + ", ".join(f"{o}={v!r}" for o, v in option_defaults(k).items())
+                     for k in sorted(KINDS))
+
+
 # --- reading ----------------------------------------------------------------------------------------------
 def spec_dirs() -> list[Path]:
     """Folders searched for spec names: those in $CLIPKIT_PROBES, in order, then the package's own."""
