@@ -55,6 +55,10 @@ def test_allowed_values_make_a_k_way_question_with_its_own_chance():
     assert r["chance"] == pytest.approx(0.5, abs=0.08) and r["accuracy"] > 0.97
     shuffled = decodability(np.random.default_rng(2).normal(size=X.shape), y, allowed=pairs)
     assert shuffled["ci_low"] <= shuffled["chance"] <= shuffled["ci_high"]
+    # the true value always listed first must not help: ties are broken by value, not by position
+    rng = np.random.default_rng(3)
+    first = [[v, int(rng.choice([w for w in range(4) if w != v]))] for v in y]
+    assert decodability(np.zeros_like(X), y, allowed=first)["chance"] == pytest.approx(0.5, abs=0.1)
     with pytest.raises(ValueError, match="one list of values per row"):
         decodability(X, y, allowed=pairs[:-1])
 

@@ -95,7 +95,9 @@ def decodability(X, y, seed: int = 0, held_out: float = HELD_OUT, allowed=None) 
         proba[:, clf.classes_] = clf.predict_proba(Z[test])     # a value never seen in fit scores -1
         correct, base = [], []
         for row, i in enumerate(test):
-            ok = [index[v] for v in allowed[i] if v in index]
+            # sorted by value, not by candidate position: ties must not fall to the true caption's
+            # slot (a spec may always put the true caption first)
+            ok = sorted({index[v] for v in allowed[i] if v in index})
             correct.append(ok[int(np.argmax(proba[row, ok]))] == codes[i])
             base.append(ok[int(np.argmax(freq[ok]))] == codes[i])
         correct, chance = np.asarray(correct), float(np.mean(base))
