@@ -61,10 +61,10 @@ def main(argv=None) -> dict:
     out["text_layers_s"], _ = timed(lambda: text_layer_features(model, tokenizer, captions), a.repeats)
     out["curve_s"], curve = timed(lambda: layer_curve(img, counts), 1)
     for method in ("patch", "gradcam"):
-        one, _ = timed(lambda: caption_maps(model, preprocess, tokenizer, images[:1], captions[0], method=method),
+        one, _ = timed(lambda m=method: caption_maps(model, preprocess, tokenizer, images[:1], captions[0], method=m),
                        a.repeats)
-        batch, _ = timed(lambda: caption_maps(model, preprocess, tokenizer, images[:a.batch],
-                                              captions[:6 * a.batch:6], method=method), a.repeats)
+        batch, _ = timed(lambda m=method: caption_maps(model, preprocess, tokenizer, images[:a.batch],
+                                                       captions[:6 * a.batch:6], method=m), a.repeats)
         out[f"map_{method}_one_s"], out[f"map_{method}_per_image_in_batch_s"] = one, batch / a.batch
     print(f"{a.model}, {a.n} items, {out['threads']} threads (making the items: {make_s:.1f} s)")
     print(f"  image layers ({len(img.names)} layers + patches {tuple(img.patches.shape)}): "

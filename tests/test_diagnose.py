@@ -164,9 +164,9 @@ def test_read_pattern_covers_every_combination():
     levels = {"above": _side(0.9, 0.85, 0.95), "at": _side(0.52, 0.45, 0.59), "below": _side(0.3, 0.25, 0.36),
               "unmeasured": {**_side(float("nan"), float("nan"), float("nan")), "n": 0}}
     seen = set()
-    for i, a in levels.items():
-        for t, b in levels.items():
-            for c, m in levels.items():
+    for a in levels.values():
+        for b in levels.values():
+            for m in levels.values():
                 text = read_pattern({"image_side": a, "text_side": {**b, "order_only": True}, "cross_modal": m})
                 assert isinstance(text, str) and text and "nan" not in text
                 seen.add(text.split(": ", 1)[-1])

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from clipkit.core import stats
+from clipkit.evaluate.features import encode_images, encode_texts
 from clipkit.evaluate.linear_probe import split_validation
 from clipkit.world import synth
 
@@ -102,8 +103,8 @@ def decodability(X, y, seed: int = 0, held_out: float = HELD_OUT, allowed=None) 
             base.append(ok[int(np.argmax(freq[ok]))] == codes[i])
         correct, chance = np.asarray(correct), float(np.mean(base))
     s = stats.accuracy_summary(correct, chance, seed=seed)
-    return {**{k: s[k] for k in KEYS}, "verdict": s["verdict"], "n_fit": int(len(fit)),
-            "classes": int(len(classes)), "lambda": float(lam)}
+    return {**{k: s[k] for k in KEYS}, "verdict": s["verdict"], "n_fit": len(fit),
+            "classes": len(classes), "lambda": float(lam)}
 
 
 # --- the probed factor, read from the captions ----------------------------------------------------
@@ -151,7 +152,7 @@ def factor_labels(result) -> FactorLabels:
     if not items:
         raise ValueError("this probe result holds no items (images and captions): rerun the probe to diagnose it")
     family = probe_family(result)
-    words = lambda c: sorted(c.lower().split())  # noqa: E731
+    words = lambda c: sorted(c.lower().split())
     order_only = all(words(c) == words(it.captions[it.answer]) for it in items for c in it.captions)
     labels = [[caption_factor(family, c) for c in it.captions] for it in items]
     if any(v is None for row in labels for v in row):
@@ -205,7 +206,6 @@ def cross_modal(summary: dict) -> dict:
 
 def diagnose(result, model, preprocess, tokenizer, seed: int = 0) -> dict:
     """{"factor", "image_side", "text_side", "cross_modal", "pattern"} for a caption-choice probe result."""
-    from clipkit.evaluate import encode_images, encode_texts
     labels = factor_labels(result)
     items = result.items
     captions = [list(it.captions) for it in items]
@@ -242,8 +242,8 @@ def read_pattern(three: dict) -> str:
     cross = three.get("cross_modal")
     st = {k: _state(v) for k, v in sides.items()}
     cs = _state(cross)
-    num = lambda s: f"{s['accuracy']:.2f}"                           # noqa: E731
-    with_chance = lambda s: f"{s['accuracy']:.2f}, chance {s['chance']:.2f}"  # noqa: E731
+    num = lambda s: f"{s['accuracy']:.2f}"                         
+    with_chance = lambda s: f"{s['accuracy']:.2f}, chance {s['chance']:.2f}"
     yes = [f"the {k} ({num(sides[k])})" for k in sides if st[k] == "above"]
     no = [f"the {k} ({with_chance(sides[k])})" for k in sides if st[k] in ("at", "below")]
     unmeasured = [k for k in sides if st[k] == "unmeasured"]

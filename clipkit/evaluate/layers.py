@@ -240,9 +240,8 @@ def text_layer_features(model, tokenizer: Callable, texts: Sequence[str], batch_
     names = [f"block{i}" for i in range(len(blocks))] + ["pre_proj", "post_proj"]
     device = model_device(model)
 
-    def pool(x, tokens):
-        return text_global_pool(_tokens(x, t["transformer"]) if x.ndim == 3 else x, tokens, t["pool_type"],
-                                eos_token_id=t["eos"]).float()
+    def pool(x, tokens):   # (B, T, width) -> (B, width) at the token encode_text pools
+        return text_global_pool(x, tokens, t["pool_type"], eos_token_id=t["eos"]).float()
 
     def compute() -> LayerFeatures:
         t0 = time.perf_counter()
@@ -254,10 +253,8 @@ def text_layer_features(model, tokenizer: Callable, texts: Sequence[str], batch_
                 with _autocast(device), hooked(mods) as store:
                     post = t["encode"](tokens)                                   # (B, embed_dim)
                 for j in range(len(blocks)):
-                    parts[f"block{j}"].append(pool(store[f"block{j}"], tokens).cpu())
-                # ln_final is per token, so it commutes with the pooling: (B, T, w) -> (B, w)
-                parts["pre_proj"].append(text_global_pool(store["pre_proj"], tokens, t["pool_type"],
-                                                          eos_token_id=t["eos"]).float().cpu())
+                    parts[f"block{j}"].append(pool(_tokens(store[f"block{j}"], t["transformer"]), tokens).cpu())
+                parts["pre_proj"].append(pool(store["pre_proj"], tokens).cpu())   # ln_final runs per token
                 parts["post_proj"].append(post.float().cpu())
         return LayerFeatures("text", names, {n: torch.cat(v) for n, v in parts.items()}, None, None, False,
                              time.perf_counter() - t0)
