@@ -92,7 +92,7 @@ def features(model, preprocess, images, texts):
     with torch.no_grad():
         img = model.encode_image(torch.stack([preprocess(im) for im in images]))
         txt = model.encode_text(tokenize(texts))
-    n = lambda f: torch.nn.functional.normalize(f.float(), dim=-1).numpy()  # noqa: E731
+    n = lambda f: torch.nn.functional.normalize(f.float(), dim=-1).numpy()
     return n(img), n(txt)
 
 

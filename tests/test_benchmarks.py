@@ -6,12 +6,20 @@ import json
 import re
 from pathlib import Path
 
+import bench_fixtures as bf
 import numpy as np
 import pytest
 from PIL import Image
 
-import bench_fixtures as bf
-from clipkit.probes.benchmarks import aro, countbench, mmvp, sugarcrepe, valse, whatsup, winoground
+from clipkit.probes.benchmarks import (
+    aro,
+    countbench,
+    mmvp,
+    sugarcrepe,
+    valse,
+    whatsup,
+    winoground,
+)
 from clipkit.probes.benchmarks.common import BenchmarkDataError
 
 
@@ -48,7 +56,7 @@ def test_sugarcrepe_per_subset_and_micro_match_main_eval(tmp_path, fake):
     for subset in facts["counts"]:
         data = json.loads((tmp_path / f"{subset}.json").read_text())
         correct = []
-        for key, d in data.items():
+        for d in data.values():
             s = ref_sim(fake, [tmp_path / "val2017" / d["filename"]], [d["caption"], d["negative_caption"]])
             correct.append(1 if s[0, 0] > s[0, 1] else 0)
         expected[subset] = sum(correct) / len(data)
@@ -65,7 +73,8 @@ def test_sugarcrepe_record_and_csv(tmp_path, fake):
     res = run(sugarcrepe, fake, tmp_path / "d", subsets="swap_obj,add_att")
     res.save(tmp_path / "out")
     rec = json.loads((tmp_path / "out" / "sugarcrepe.json").read_text())
-    rows = list(csv.DictReader(open(tmp_path / "out" / "sugarcrepe.csv")))
+    with open(tmp_path / "out" / "sugarcrepe.csv") as f:
+        rows = list(csv.DictReader(f))
     assert {r["subset"] for r in rows} == {"swap_obj", "add_att"} and rows[0]["id"] == "0"
     assert rec["task"] == "image_caption_selection" and rec["metrics"]["n"] == 6
     assert {b["subset"] for b in rec["breakdowns"]["subset"]} == {"swap_obj", "add_att"}
@@ -148,14 +157,14 @@ def test_aro_order_without_spacy_names_the_install(tmp_path, monkeypatch):
 # --- What'sUp -----------------------------------------------------------------------------------------------------
 def authors_controlled(dataset, preds, subset):
     """Controlled_Images.evaluate_scores, transcribed (pair and set accuracy in percent)."""
-    key = lambda d: (d['image_path'].split('/')[-1].split('_')[0], d['image_path'].split('/')[-1].split('_')[-1][:-5])  # noqa: E731
+    key = lambda d: (d['image_path'].split('/')[-1].split('_')[0], d['image_path'].split('/')[-1].split('_')[-1][:-5])
     vert = ('on', 'under') if subset == 'A' else ('in-front', 'behind')
     eval_dict = {key(d): {'left': 0, 'right': 0, vert[0]: 0, vert[1]: 0} for d in dataset}
     correct_mask = preds == 0
     for d, correct in zip(dataset, correct_mask):
         eval_dict[key(d)][d['image_path'].split('/')[-1].split('_')[1]] = correct
     pair_correct = set_correct = 0
-    for _, cd in eval_dict.items():
+    for cd in eval_dict.values():
         pair_correct += bool(cd['left'] and cd['right']) + bool(cd[vert[0]] and cd[vert[1]])
         set_correct += sum(cd.values()) == 4
     return correct_mask.mean(), pair_correct * 100 / (len(dataset) / 2), set_correct * 100 / (len(dataset) / 4)
@@ -237,7 +246,7 @@ def test_valse_filters_mturk_and_scores_pairwise(tmp_path, fake):
     per_piece = {}
     for piece in bf.VALSE_PIECES:   # unimodal_valse_eval.py's loop, the model score in place of perplexity
         count = detected = 0
-        for foil_id, foil in json.loads((tmp_path / f"{piece}.json").read_text()).items():
+        for foil in json.loads((tmp_path / f"{piece}.json").read_text()).values():
             if foil["mturk"]["caption"] >= 2:   # MTURK filtering!
                 caption = foil["caption"][0] if isinstance(foil["caption"], list) else foil["caption"]
                 s = ref_sim(fake, [tmp_path / "images" / foil["image_file"]], [caption, foil["foil"]])
@@ -272,8 +281,8 @@ def test_countbench_number_swapping_accuracy_and_mae(tmp_path, fake):
         path = tmp_path / "images" / f"{i}.jpg"
         text, n = row["text"], row["number"]
         true = words[n - 2]
-        if re.search(rf"\b{true}\b", text, re.I):
-            found = re.search(rf"\b{true}\b", text, re.I).group(0)
+        if re.search(rf"\b{true}\b", text, re.IGNORECASE):
+            found = re.search(rf"\b{true}\b", text, re.IGNORECASE).group(0)
         elif str(n) in text:
             found = str(n)
         else:
@@ -319,7 +328,7 @@ def test_mmvp_pairs_match_evaluate_vlm(tmp_path, fake):
             row = next(reader, None)
             if not row:
                 break
-            qid2, qtype2, statement2 = row
+            qid2, _qtype2, statement2 = row
             qid1, qid2 = int(qid1), int(qid2)
             s = ref_sim(fake, [image_dir / qtype1 / f"{qid1}.jpg", image_dir / qtype1 / f"{qid2}.jpg"],
                         ["a photo of " + statement1, "a photo of " + statement2]) * 100   # logit scale
@@ -342,7 +351,8 @@ def test_mmvp_pairs_match_evaluate_vlm(tmp_path, fake):
 
 # --- bad input ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mod", [sugarcrepe, aro, whatsup, winoground, valse, countbench, mmvp])
-def test_missing_root_names_benchmark_files_and_source(mod, tmp_path):
+def test_missing_root_names_benchmark_files_and_source(mod, tmp_path, monkeypatch):
+    monkeypatch.delenv("CLIPKIT_DATA", raising=False)
     with pytest.raises(BenchmarkDataError) as e:
         mod.read(mod.Options(root=None))
     msg = str(e.value)
@@ -354,7 +364,8 @@ def test_missing_root_names_benchmark_files_and_source(mod, tmp_path):
         mod.read(mod.Options(root=str(tmp_path / "empty")))
 
 
-def test_missing_root_lists_the_files(tmp_path):
+def test_missing_root_lists_the_files(monkeypatch):
+    monkeypatch.delenv("CLIPKIT_DATA", raising=False)
     with pytest.raises(BenchmarkDataError, match="add_att.json, add_obj.json.*swap_obj.json.*RAIVNLab/sugar-crepe"):
         sugarcrepe.read(sugarcrepe.Options())
 
@@ -424,3 +435,48 @@ def test_nano_end_to_end_and_cache(tmp_path, nano):
     for key in ("accuracy", "ci_low", "ci_high", "chance", "n", "verdict", "blind_accuracy"):
         assert key in first.summary
     assert first.save(tmp_path / "out").exists()
+
+
+# --- through the probe protocol and the CLI -----------------------------------------------------------------------
+def test_every_benchmark_is_a_registered_kind_with_a_shipped_spec():
+    from clipkit.probes import KINDS, load_spec
+    for name in ("sugarcrepe", "aro", "whatsup", "winoground", "valse", "countbench", "mmvp"):
+        spec = load_spec(name)
+        assert spec.kind == name and name in KINDS and spec.n is None
+        assert spec.options.root is None and spec.options.image_root is None
+
+
+def test_spec_root_from_clipkit_data_and_n_caps_each_subset(tmp_path, fake, monkeypatch):
+    from clipkit.probes import load_spec, run_any
+    bf.write_all(tmp_path)
+    monkeypatch.setenv("CLIPKIT_DATA", str(tmp_path))
+    model, pre, tok = fake
+    res = run_any(load_spec("sugarcrepe", n=2), model, pre, tok, model_name="fake")
+    assert res.table.groupby("subset").size().to_dict() == {s: 2 for s in bf.write_sugarcrepe(tmp_path / "x")["counts"]}
+    res = run_any(load_spec("valse", options={"image_root": str(tmp_path / "valse" / "images")}), model, pre, tok)
+    assert res.summary["n"] == 22 and res.name == "valse"
+    monkeypatch.setenv("CLIPKIT_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(BenchmarkDataError, match="mmvp: root .*nowhere/mmvp' is not a folder"):
+        run_any(load_spec("mmvp"), model, pre, tok)
+
+
+def test_spec_option_types_are_checked():
+    from clipkit.probes import SpecError, load_spec
+    with pytest.raises(SpecError, match="option 'max_bad_fraction' must be float"):
+        load_spec("sugarcrepe", options={"max_bad_fraction": "lots"})
+    with pytest.raises(SpecError, match=r"unknown option\(s\) \['rooot'\] for kind 'aro' \(did you mean 'root'\?\)"):
+        load_spec("aro", options={"rooot": "/x"})
+    with pytest.raises(SpecError, match="on_bad must be 'skip' or 'raise'"):
+        load_spec("winoground", options={"on_bad": "ignore"})
+
+
+def test_cli_probe_with_root_and_image_root_options(tmp_path, capsys):
+    from clipkit.cli import main
+    bf.write_sugarcrepe(tmp_path / "ann")
+    (tmp_path / "ann" / "val2017").rename(tmp_path / "coco")
+    rc = main(["probe", "--probe", "sugarcrepe", "--model", "clipkit-nano", "--option", f"root={tmp_path / 'ann'}",
+               "--option", f"image_root={tmp_path / 'coco'}", "--out", str(tmp_path / "out")])
+    assert rc == 0 and "sugarcrepe" in capsys.readouterr().out
+    with open(tmp_path / "out" / "sugarcrepe.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 21 and {"subset", "id"} <= set(rows[0])

@@ -13,7 +13,7 @@ from clipkit.probes.protocol import (KINDS, ProbeSpec, SpecError, known_specs, l
                                      register, run_any)
 from clipkit.probes.engine import Item, ProbeResult, choice_kind, run_probe
 # the kinds: importing a module registers it (one explicit list; no kind imports another)
-from clipkit.probes import binding, counting, finegrained, jsonl, shift, shift_folders, spatial  # noqa: E402,F401
+from clipkit.probes import benchmarks, binding, counting, finegrained, jsonl, shift, shift_folders, spatial  # noqa: E402,F401
 
 __all__ = ["KINDS", "Item", "ProbeResult", "ProbeSpec", "SpecError", "choice_kind", "known_specs", "load_spec",
            "parse_option", "read_spec", "register", "run_any", "run_probe"]

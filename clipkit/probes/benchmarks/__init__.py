@@ -12,3 +12,13 @@ Each module has an `Options` dataclass, `read(options) -> items`, the authors' s
 and `run(options, model, preprocess, tokenizer, model_name="")`.
 """
 BENCHMARKS = ("sugarcrepe", "aro", "whatsup", "winoground", "valse", "countbench", "mmvp")
+# importing the package registers the seven probe kinds (clipkit.probes imports it in its list of kinds)
+from clipkit.probes.benchmarks import (  # noqa: F401
+    aro,
+    countbench,
+    mmvp,
+    sugarcrepe,
+    valse,
+    whatsup,
+    winoground,
+)

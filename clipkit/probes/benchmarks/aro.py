@@ -30,15 +30,28 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from clipkit.probes.benchmarks.common import (BenchItem, BenchmarkDataError, BenchmarkOptions, ImageRef, Metric,
-                                              accuracy, limited, macro_summary, read_json, require_keys, require_root,
-                                              run_benchmark)
+from clipkit.probes.benchmarks.common import (
+    BenchItem,
+    BenchmarkDataError,
+    BenchmarkOptions,
+    ImageRef,
+    Metric,
+    accuracy,
+    limited,
+    macro_summary,
+    read_json,
+    require_keys,
+    require_root,
+    run_benchmark,
+    run_spec,
+)
+from clipkit.probes.protocol import register
 
 BENCHMARK = "aro"
 VG_FILES = {"visual_genome_relation": "relation_name", "visual_genome_attribution": "attributes"}
@@ -270,3 +283,12 @@ def run(options: Options, model, preprocess, tokenizer, model_name: str = "", na
     """Read and score ARO on a loaded model; returns a BenchmarkResult."""
     return run_benchmark(BENCHMARK, read(options, tagger), score, METRICS, FACTORS, options, model, preprocess,
                          tokenizer, model_name, name, seed, cache, progress)
+
+
+def run_kind(spec, model, preprocess, tokenizer, model_name: str = ""):
+    """The runner of probe kind 'aro' (clipkit.probes.protocol): `run` with the spec's options, name and seed."""
+    return run_spec(run, spec, model, preprocess, tokenizer, model_name)
+
+
+# n: null reads every item (the published counts); a number caps the items read per subset
+register(BENCHMARK, Options, run_kind, n_default=None, n_nullable=True)

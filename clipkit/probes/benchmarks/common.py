@@ -20,9 +20,10 @@ import hashlib
 import inspect
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,15 +32,20 @@ import torch
 from clipkit.core import stats
 from clipkit.core.records import result_record, write_record
 from clipkit.data.images import BadImageError, safe_open_image
-from clipkit.evaluate.cache import transform_fingerprint
 from clipkit.evaluate.features import encode_texts, extract_image_features
+from clipkit.probes.benchmarks.files import (  # noqa: F401  (re-exported to the benchmark modules)
+    DATA_ENV,
+    BenchmarkDataError,
+    image_bytes,
+    limited,
+    read_json,
+    read_parquet,
+    require_keys,
+    require_root,
+)
 
 log = logging.getLogger("clipkit.probes.benchmarks")
 TASK = "image_caption_selection"  # CLIP_benchmark's task name for caption choice (REFERENCE.md, record format)
-
-
-class BenchmarkDataError(ValueError):
-    """The benchmark's files are missing, malformed, or too many of its images cannot be read."""
 
 
 @dataclass
@@ -47,7 +53,7 @@ class BenchmarkOptions:
     """Options every benchmark takes; each module's `Options` adds its own (subsets, extra roots)."""
     root: str | None = None               # folder holding the annotation files exactly as the authors publish them
     image_root: str | None = None         # the images; None: where the authors' own code expects them (see module)
-    subsets: str | None = None            # comma-separated subset names (file stems); None: every published subset present
+    subsets: str | list | None = None     # subset names (file stems), a list or comma-separated; None: every one present
     limit: int | None = None              # read at most this many items per subset (smoke runs); None: all
     max_bad_fraction: float = 0.05        # stop when more than this share of distinct images cannot be read
     on_bad: str = "skip"                  # "skip": skip and count unreadable images; "raise": stop at the first
@@ -67,7 +73,8 @@ class BenchmarkOptions:
         if not self.subsets:
             return None
         aliases = aliases or {}
-        want = [aliases.get(s.strip(), s.strip()) for s in str(self.subsets).split(",") if s.strip()]
+        names = self.subsets if isinstance(self.subsets, list) else str(self.subsets).split(",")
+        want = [aliases.get(str(s).strip(), str(s).strip()) for s in names if str(s).strip()]
         bad = [s for s in want if s not in published]
         if bad:
             raise BenchmarkDataError(f"unknown subset(s) {bad}; published subsets: {list(published)}")
@@ -83,7 +90,7 @@ class ImageRef:
     digest: str | None = None             # sha1 of `data` (identity of an in-memory image)
 
     @staticmethod
-    def from_bytes(data: bytes, box=None) -> "ImageRef":
+    def from_bytes(data: bytes, box=None) -> ImageRef:
         """An in-memory image (e.g. a parquet cell), identified by the hash of its bytes."""
         return ImageRef(None, box, bytes(data), hashlib.sha1(bytes(data)).hexdigest())
 
@@ -338,56 +345,11 @@ def run_benchmark(benchmark: str, items: list[BenchItem], score_fn: Callable, me
     return build_result(name, benchmark, model_name, scored, rows, metrics, factors, options, published, seed, blind)
 
 
-# --- reading ---------------------------------------------------------------------------------------------------
-def require_root(benchmark: str, root, expected: list[str], where: str) -> Path:
-    """The root folder as a Path; a missing or absent one raises naming the benchmark, the files and their source."""
-    files = ", ".join(expected)
-    if not root:
-        raise BenchmarkDataError(f"{benchmark}: option root is not set; it must name the folder holding {files} "
-                                 f"(published at {where}); e.g. --option root=DIR")
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        raise BenchmarkDataError(f"{benchmark}: root {str(path)!r} is not a folder; it must hold {files} "
-                                 f"(published at {where})")
-    return path
-
-
-def require_keys(file, item_id, record, keys) -> None:
-    """Raise naming the file, the item and the keys expected when `record` (a dict) lacks any of `keys`."""
-    if not isinstance(record, dict):
-        raise BenchmarkDataError(f"{file}: item {item_id!r} is a {type(record).__name__}, not a mapping; each item "
-                                 f"needs the keys {list(keys)}")
-    missing = [k for k in keys if k not in record]
-    if missing:
-        raise BenchmarkDataError(f"{file}: item {item_id!r} lacks key(s) {missing}; each item needs {list(keys)}")
-
-
-def read_json(path: Path):
-    """json.load with an error naming the file."""
-    import json
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise BenchmarkDataError(f"{path}: cannot read as JSON ({type(e).__name__}: {e})") from e
-
-
-def read_parquet(path: Path) -> pd.DataFrame:
-    """A parquet file as a DataFrame; without pyarrow, a one-line error naming the install."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as e:
-        raise BenchmarkDataError(f"{path}: reading parquet needs pyarrow: pip install pyarrow") from e
-    return pq.read_table(path).to_pandas()
-
-
-def image_bytes(cell) -> bytes:
-    """The encoded bytes of a hub parquet image cell ({'bytes': ..., 'path': ...} or raw bytes); b"" for an
-    empty cell, which then counts as an unreadable image (skipped and counted, never dropped silently)."""
-    if isinstance(cell, dict):
-        cell = cell.get("bytes")
-    return bytes(cell) if isinstance(cell, (bytes, bytearray, memoryview)) else b""
-
-
-def limited(items: list, limit: int | None) -> list:
-    """The first `limit` items (all when None)."""
-    return items if limit is None else items[:limit]
+def run_spec(run_fn: Callable, spec, model, preprocess, tokenizer, model_name: str = "") -> BenchmarkResult:
+    """A benchmark kind's runner for the probe protocol: the spec's options, name and seed; the spec's n, when
+    set, caps the items read per subset (smoke runs; None reads every item)."""
+    import dataclasses
+    o = spec.options
+    if spec.n is not None:
+        o = dataclasses.replace(o, limit=min(o.limit or spec.n, spec.n))
+    return run_fn(o, model, preprocess, tokenizer, model_name=model_name, name=spec.name, seed=spec.seed)

@@ -27,9 +27,23 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from clipkit.probes.benchmarks.common import (BenchItem, BenchmarkDataError, BenchmarkOptions, ImageRef, Metric,
-                                              image_bytes, limited, log, read_json, read_parquet, require_keys,
-                                              require_root, run_benchmark)
+from clipkit.probes.benchmarks.common import (
+    BenchItem,
+    BenchmarkDataError,
+    BenchmarkOptions,
+    ImageRef,
+    Metric,
+    image_bytes,
+    limited,
+    log,
+    read_json,
+    read_parquet,
+    require_keys,
+    require_root,
+    run_benchmark,
+    run_spec,
+)
+from clipkit.probes.protocol import register
 
 BENCHMARK = "countbench"
 NUMBER_WORDS = ("two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")   # the paper's 2..10
@@ -161,3 +175,12 @@ def run(options: Options, model, preprocess, tokenizer, model_name: str = "", na
                         "missing_images": sum(not it.factors["image_found"] for it in items),
                         "unswappable": items[0].factors["unswappable_in_file"] if items else 0})
     return res
+
+
+def run_kind(spec, model, preprocess, tokenizer, model_name: str = ""):
+    """The runner of probe kind 'countbench' (clipkit.probes.protocol): `run` with the spec's options, name and seed."""
+    return run_spec(run, spec, model, preprocess, tokenizer, model_name)
+
+
+# n: null reads every item (the published counts); a number caps the items read per subset
+register(BENCHMARK, Options, run_kind, n_default=None, n_nullable=True)

@@ -19,8 +19,20 @@ from pathlib import Path
 
 import numpy as np
 
-from clipkit.probes.benchmarks.common import (BenchItem, BenchmarkDataError, BenchmarkOptions, ImageRef, Metric, limited, read_json,
-                                              require_keys, require_root, run_benchmark)
+from clipkit.probes.benchmarks.common import (
+    BenchItem,
+    BenchmarkDataError,
+    BenchmarkOptions,
+    ImageRef,
+    Metric,
+    limited,
+    read_json,
+    require_keys,
+    require_root,
+    run_benchmark,
+    run_spec,
+)
+from clipkit.probes.protocol import register
 
 BENCHMARK = "sugarcrepe"
 SUBSETS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
@@ -98,3 +110,12 @@ def run(options: Options, model, preprocess, tokenizer, model_name: str = "", na
     """Read and score SugarCrepe on a loaded model; returns a BenchmarkResult."""
     return run_benchmark(BENCHMARK, read(options), score, METRICS, FACTORS, options, model, preprocess, tokenizer,
                          model_name, name, seed, cache, progress)
+
+
+def run_kind(spec, model, preprocess, tokenizer, model_name: str = ""):
+    """The runner of probe kind 'sugarcrepe' (clipkit.probes.protocol): `run` with the spec's options, name and seed."""
+    return run_spec(run, spec, model, preprocess, tokenizer, model_name)
+
+
+# n: null reads every item (the published counts); a number caps the items read per subset
+register(BENCHMARK, Options, run_kind, n_default=None, n_nullable=True)
