@@ -1,4 +1,5 @@
 """The diagnosis: decodability, the text side on bag-of-words encoders, the verdict, layer curves, pointing game."""
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -6,8 +7,8 @@ import open_clip
 import pytest
 import torch
 
-from clipkit.analysis.diagnose import (caption_factor, decodability, diagnose, factor_labels, layer_curve,
-                                       probe_layer_curves, read_pattern, text_side)
+from clipkit.analysis.diagnose import (caption_factor, decodability, diagnose, diagnosis_table, factor_labels,
+                                       for_summary, layer_curve, probe_layer_curves, read_pattern, text_side)
 from clipkit.analysis.pointing import peak_credit, pointing_game, pointing_items, run_pointing
 from clipkit.evaluate.features import encode_texts
 from clipkit.evaluate.layers import LayerFeatures
@@ -176,6 +177,9 @@ def test_read_pattern_covers_every_combination():
     bow = read_pattern({"image_side": levels["above"], "text_side": {**levels["at"], "order_only": True},
                         "cross_modal": levels["at"]})
     assert "text-side failure" in bow and "bag-of-words" in bow
+    same = read_pattern({"image_side": levels["above"], "text_side": {**levels["at"], "cosine": {"identical": 0.25}},
+                         "cross_modal": levels["at"]})
+    assert same.endswith("maps 25% of caption-foil pairs to one point (cosine 1.0)")
     below = read_pattern({"image_side": levels["above"], "text_side": levels["above"], "cross_modal": levels["below"]})
     assert "the model prefers the foil" in below
 
@@ -211,6 +215,12 @@ def test_diagnose_a_binding_result(nano):
     assert three["cross_modal"]["accuracy"] == 0.5 and three["factor"] == "binding"
     assert three["text_side"]["cosine"]["max"] < 1.0        # a transformer sees word order
     assert three["pattern"] == read_pattern(three)
+    flat = for_summary(three)
+    assert set(flat) == {"image_side", "text_side", "cross_modal", "diagnosis"}
+    assert {"accuracy", "ci_low", "ci_high", "chance", "n"} <= set(flat["image_side"])
+    json.dumps(flat, allow_nan=False)                            # JSON-safe as it is
+    table = diagnosis_table({"binding": three})
+    assert table.loc[0, "cross_modal_accuracy"] == 0.5 and table.loc[0, "diagnosis"] == three["pattern"]
 
 
 def test_diagnose_without_a_factor_says_so(nano):
@@ -220,6 +230,9 @@ def test_diagnose_without_a_factor_says_so(nano):
     three = diagnose(result, model, preprocess, tokenizer)
     assert three["image_side"]["n"] == 0 and "no synthetic factor" in three["image_side"]["note"]
     assert "cosine" in three["text_side"] and "not decodable" not in three["pattern"]
+    flat = for_summary(three)
+    assert flat["image_side"]["accuracy"] is None and flat["image_side"]["n"] == 0
+    json.dumps(flat, allow_nan=False)
     with pytest.raises(ValueError, match="no items"):
         factor_labels(SimpleNamespace(spec=result.spec, items=[]))
 

@@ -122,6 +122,8 @@ def test_patch_map_matches_direct_computation(tiny):
     image = synth.render(_scenes(1)[0])
     via_pil = caption_maps(model, preprocess, tokenizer, [image], "a red circle")
     np.testing.assert_allclose(via_pil, patch_similarity(model, preprocess(image)[None], text), atol=1e-6)
+    np.testing.assert_allclose(caption_maps(model, preprocess, tokenizer, [image], "a red circle", method="auto"),
+                               via_pil)   # a ViT's automatic choice is the patch map
 
 
 def test_gradcam_matches_manual_gradient(tiny):
@@ -173,6 +175,7 @@ def test_resnet_gets_stages_and_gradcam_but_no_patch_map(resnet):
         caption_maps(model, preprocess, tokenizer, images, "a red circle", method="patch")
     cam = caption_maps(model, preprocess, tokenizer, images, "a red circle", method="gradcam")
     assert cam.shape == (3, 2, 2) and (cam >= 0).all()
+    np.testing.assert_allclose(caption_maps(model, preprocess, tokenizer, images, "a red circle", method="auto"), cam)
     avail = available_methods(model)
     assert avail["gradcam"] == "" and "ModifiedResNet" in avail["patch"] and "\n" not in avail["patch"]
 

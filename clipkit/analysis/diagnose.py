@@ -228,6 +228,28 @@ def diagnose(result, model, preprocess, tokenizer, seed: int = 0) -> dict:
     return three
 
 
+def for_summary(three: dict) -> dict:
+    """The summary / JSON entries of a diagnosis: image_side, text_side, cross_modal (each accuracy,
+    ci_low, ci_high, chance, n; NaN as None) and the sentence as `diagnosis`."""
+    def clean(v):
+        return None if isinstance(v, float) and not np.isfinite(v) else v
+    out = {side: {k: clean(three[side][k]) for k in KEYS} for side in ("image_side", "text_side", "cross_modal")}
+    out["text_side"]["cosine_mean"] = clean(three["text_side"]["cosine"]["mean"])
+    out["text_side"]["cosine_identical"] = clean(three["text_side"]["cosine"]["identical"])
+    return {**out, "diagnosis": three["pattern"]}
+
+
+def diagnosis_table(diagnoses: dict) -> pd.DataFrame:
+    """One row per probe ({probe name: diagnose(...)}): the three accuracies, their CIs and chance, the sentence."""
+    rows = []
+    for name, three in diagnoses.items():
+        row = {"probe": name}
+        for side in ("image_side", "text_side", "cross_modal"):
+            row.update({f"{side}_{k}": three[side][k] for k in KEYS})
+        rows.append({**row, "cosine_mean": three["text_side"]["cosine"]["mean"], "diagnosis": three["pattern"]})
+    return pd.DataFrame(rows)
+
+
 # --- the pattern in words -------------------------------------------------------------------------
 def _state(side: dict | None) -> str:
     """above / at / below chance by the CI, or unmeasured."""
@@ -279,6 +301,9 @@ def read_pattern(three: dict) -> str:
         verdict = "undetermined: " + " and ".join(f"the {k} side" for k in unmeasured) + " not measured"
     if cs == "below":
         verdict += "; the model prefers the foil"
+    same = ((sides["text"] or {}).get("cosine") or {}).get("identical", 0.0)
+    if same > 0:
+        verdict += f"; the text encoder maps {same:.0%} of caption-foil pairs to one point (cosine 1.0)"
     if cs == "above":
         joiner = " and " if not no else ", yet "
     else:

@@ -30,7 +30,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from clipkit.evaluate.features import encode_texts, model_device
 from clipkit.evaluate.layers import NotAvailable, _tokens, hooked, vision_blocks, vision_tower
 
-METHODS = ("patch", "gradcam")
+METHODS = ("patch", "gradcam", "auto")   # auto: the patch map where there are patch tokens, else Grad-CAM
 
 
 def _text_rows(text_features: torch.Tensor, batch: int) -> torch.Tensor:
@@ -94,9 +94,12 @@ def gradcam(model, pixels: torch.Tensor, text_features: torch.Tensor) -> np.ndar
 def caption_maps(model, preprocess: Callable, tokenizer: Callable, images: Sequence, captions,
                  method: str = "patch", batch_size: int = 64) -> np.ndarray:
     """(B, rows, cols) maps of PIL images (or a preprocessed (B, 3, H, W) tensor) against one caption
-    (a str) or one caption per image. method: "patch" (patch-token similarity) or "gradcam"."""
+    (a str) or one caption per image. method: "patch" (patch-token similarity), "gradcam", or "auto"
+    (the patch map on a ViT, Grad-CAM on a ResNet, which has no patch tokens)."""
     if method not in METHODS:
         raise ValueError(f"unknown map method {method!r}; choose one of {METHODS}")
+    if method == "auto":
+        method = "patch" if not available_methods(model)["patch"] else "gradcam"
     pixels = images if torch.is_tensor(images) else torch.stack([preprocess(im) for im in images])
     n = len(pixels)
     if n == 0:
