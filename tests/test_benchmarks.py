@@ -480,3 +480,39 @@ def test_cli_probe_with_root_and_image_root_options(tmp_path, capsys):
     with open(tmp_path / "out" / "sugarcrepe.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 21 and {"subset", "id"} <= set(rows[0])
+
+
+# --- the hub's parquet layouts (the parquet reader stubbed: the rows are what pyarrow would hand back) ---------------
+def test_winoground_parquet_rows_score_like_the_jsonl(tmp_path, fake, monkeypatch):
+    import pandas as pd
+    bf.write_winoground(tmp_path / "jsonl")
+    rows = []
+    for line in (tmp_path / "jsonl" / "examples.jsonl").read_text().splitlines():
+        ex = json.loads(line)
+        for k in (0, 1):
+            name = ex[f"image_{k}"]
+            ex[f"image_{k}"] = {"bytes": (tmp_path / "jsonl" / "images" / f"{name}.png").read_bytes(), "path": None}
+        rows.append(ex)
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    (tmp_path / "hub" / "data" / "test-00000-of-00001.parquet").write_bytes(b"PAR1")
+    monkeypatch.setattr(winoground, "read_parquet", lambda path: pd.DataFrame(rows))
+    from_jsonl, from_hub = run(winoground, fake, tmp_path / "jsonl"), run(winoground, fake, tmp_path / "hub")
+    for key in ("accuracy", "text_score", "image_score", "n"):
+        assert from_hub.summary[key] == from_jsonl.summary[key]
+    assert from_hub.table["id"].tolist() == from_jsonl.table["id"].tolist()
+
+
+def test_countbench_parquet_rows_count_empty_images_as_missing(tmp_path, fake, monkeypatch):
+    import pandas as pd
+    bf.write_countbench(tmp_path / "urls")
+    rows = json.loads((tmp_path / "urls" / "CountBench.json").read_text())
+    for i, r in enumerate(rows):
+        path = tmp_path / "urls" / "images" / f"{i}.jpg"
+        r["image"] = {"bytes": path.read_bytes(), "path": None} if path.exists() else None
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    (tmp_path / "hub" / "data" / "train-00000-of-00001.parquet").write_bytes(b"PAR1")
+    monkeypatch.setattr(countbench, "read_parquet", lambda path: pd.DataFrame(rows))
+    from_urls, from_hub = run(countbench, fake, tmp_path / "urls"), run(countbench, fake, tmp_path / "hub")
+    assert from_hub.summary["missing_images"] == from_urls.summary["missing_images"] == 2
+    assert from_hub.summary["accuracy"] == from_urls.summary["accuracy"] and from_hub.summary["n"] == 15
+    assert set(from_hub.table["subset"]) == {"train-00000-of-00001"}

@@ -110,8 +110,13 @@ def _downloaded(images: Path, index: int, url: str) -> Path | None:
 
 
 def read(o: Options) -> list[BenchItem]:
-    """Every swappable row, in file order; rows without an image become items whose image is unreadable (so the
-    engine skips and counts them), and their number is in each item's factor `image_found`."""
+    """Every swappable row, in file order (see `read_counted`)."""
+    return read_counted(o)[0]
+
+
+def read_counted(o: Options) -> tuple[list[BenchItem], int]:
+    """(items, unswappable rows). A row without its image becomes an item whose image is unreadable, so the
+    engine skips and counts it; `image_found` in its factors says so."""
     root = require_root(BENCHMARK, o.root, ["*.parquet (hub)", "or a .json/.jsonl/.csv URL list + images/"], WHERE)
     images = Path(o.image_root).expanduser() if o.image_root else root / "images"
     items, unswappable = [], 0
@@ -139,10 +144,7 @@ def read(o: Options) -> list[BenchItem]:
                                             "image_found": found}))
     if unswappable:
         log.warning("%s: %d captions hold no number word for their count and were skipped", BENCHMARK, unswappable)
-    items = limited(items, o.limit)
-    for it in items:
-        it.factors["unswappable_in_file"] = unswappable
-    return items
+    return limited(items, o.limit), unswappable
 
 
 def score(items: list[BenchItem], scores: list[np.ndarray], seed: int = 0) -> tuple[list[dict], dict]:
@@ -151,7 +153,7 @@ def score(items: list[BenchItem], scores: list[np.ndarray], seed: int = 0) -> tu
     for it, s in zip(items, scores):
         pred = int(np.argmax(s[0]))
         rows.append({"subset": it.subset, "id": it.id, "cluster": it.cluster,
-                     **{k: v for k, v in it.factors.items() if k != "unswappable_in_file"},
+                     **it.factors,
                      "correct": pred == it.answer, "pred_number": pred + 2, "abs_error": abs(pred - it.answer),
                      "margin": float(s[0, it.answer] - np.delete(s[0], it.answer).max()),
                      "true_caption": it.captions[it.answer], "chosen_caption": it.captions[pred]})
@@ -166,14 +168,14 @@ def _uniform_mae(number: int) -> float:
 def run(options: Options, model, preprocess, tokenizer, model_name: str = "", name: str = BENCHMARK, seed: int = 0,
         cache=True, progress: bool = False):
     """Read and score CountBench on a loaded model; returns a BenchmarkResult with MAE and the missing images."""
-    items = read(options)
+    items, unswappable = read_counted(options)
     res = run_benchmark(BENCHMARK, items, score, METRICS, FACTORS, options, model, preprocess, tokenizer, model_name,
                         name, seed, cache, progress)
     t = res.table
     res.summary.update({"mae": float(t["abs_error"].mean()),
                         "mae_chance": float(np.mean([_uniform_mae(n) for n in t["number"]])),
                         "missing_images": sum(not it.factors["image_found"] for it in items),
-                        "unswappable": items[0].factors["unswappable_in_file"] if items else 0})
+                        "unswappable": unswappable})
     return res
 
 
