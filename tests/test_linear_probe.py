@@ -102,3 +102,24 @@ def test_evaluate_linear_probe_end_to_end(nano, tmp_path):
     test = SyntheticClassification("colour", n=16, split="test", transform=preprocess)
     r = lp.evaluate_linear_probe(model, train, test, cache=tmp_path, progress=False)
     assert 0 <= r["lp_acc1"] <= 1 and r["n_train"] == 32
+
+
+def test_sweep_counts_fits_that_did_not_converge():
+    """Random labels in 64 dims: the weakly regularised fits cannot converge in 3 L-BFGS steps; well
+    separated blobs with the paper's 1,000 converge at every lambda. No ConvergenceWarning escapes."""
+    import warnings
+    rng = np.random.default_rng(0)
+    x_hard, y_hard = rng.normal(size=(120, 64)), rng.integers(0, 4, 120)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                  # a leaked ConvergenceWarning fails the test
+        hard = lp.linear_probe(x_hard, y_hard, x_hard, y_hard, max_iter=3)
+        clf, _ = lp.fit_linear_probe(x_hard, y_hard, max_iter=3)
+    assert 0 < hard["not_converged"] <= hard["n_fits"]
+    assert 0 < clf.not_converged_ <= clf.n_fits_
+    x, y = blobs(n_per_class=15, classes=3, seed=0)
+    easy = lp.linear_probe(x, y, x, y)
+    clf, _ = lp.fit_linear_probe(x, y)
+    assert easy["not_converged"] == 0 and easy["n_fits"] > 1
+    assert clf.not_converged_ == 0 and clf.n_fits_ > 1
+    table = lp.kshot_probes(x, y, x, y, ks=(2,), seeds=(0,))
+    assert table["not_converged"].tolist() == [0]

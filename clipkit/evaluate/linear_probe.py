@@ -25,7 +25,9 @@ Convergence: current scikit-learn (1.9 here) minimises the loss *averaged* over 
 stops when the largest gradient entry is below `tol` (1e-4) on that scale; older releases (the
 paper's) summed it.
 Pass tol=1e-4 / n for the old, much stricter criterion (and many more iterations). A warm-started
-fit may stop after 0 iterations when its start already meets the criterion.
+fit may stop after 0 iterations when its start already meets the criterion. A fit that reaches
+`max_iter` first has not converged: every result counts those fits (`not_converged`, of `n_fits`)
+instead of printing scikit-learn's ConvergenceWarning, so a lambda chosen from unfinished fits shows.
 """
 from __future__ import annotations
 
@@ -71,12 +73,21 @@ class _Fitter:
                                  warm_start=init is not None)
         if init is not None:  # scikit-learn starts from coef_/intercept_ when warm_start is set
             clf.coef_, clf.intercept_ = init.coef_.copy(), init.intercept_.copy()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            clf.fit(self.X, self.y)
-        self.not_converged += int(np.max(clf.n_iter_) >= self.max_iter)
+        self.not_converged += _fit_counted(clf, self.X, self.y, self.max_iter)
         self.models[i] = clf
         return clf
+
+
+def _fit_counted(clf: LogisticRegression, X, y, max_iter: int) -> int:
+    """Fit `clf` in place; 1 if L-BFGS stopped at `max_iter` (did not converge), else 0.
+
+    scikit-learn warns (ConvergenceWarning) once per such fit; a sweep of ~15 fits would print the
+    same line many times, so the warning is silenced here and the fits are counted instead, and the
+    count travels with the result (`not_converged`) for the probes and notebooks to show."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)
+    return int(np.max(clf.n_iter_) >= max_iter)
 
 
 def _blas_threads(X, y):
@@ -133,14 +144,19 @@ def split_validation(y, fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarra
     return np.setdiff1d(np.arange(len(y)), val), val
 
 
-def fit_linear_probe(train_X, train_y, seed: int = 0) -> tuple[LogisticRegression, float]:
+def fit_linear_probe(train_X, train_y, seed: int = 0, max_iter: int = MAX_ITER) -> tuple[LogisticRegression, float]:
     """Appendix A.3 on one train split: lambda swept on a stratified 20% of train, then refit on all of
-    train (the probes' and cross-dataset analyses' form). Returns (classifier, lambda)."""
+    train (the probes' and cross-dataset analyses' form). Returns (classifier, lambda).
+
+    Convergence travels on the classifier: `clf.n_fits_` is the number of L-BFGS fits (sweep + refit)
+    and `clf.not_converged_` how many of them stopped at `max_iter` without converging."""
     X, y = np.asarray(train_X, np.float64), np.asarray(train_y)
     tr, va = split_validation(y, 0.2, seed)
-    sweep = sweep_lambda(X[tr], y[tr], X[va], y[va])
+    sweep = sweep_lambda(X[tr], y[tr], X[va], y[va], max_iter=max_iter)
+    clf = LogisticRegression(C=1.0 / sweep["lambda"], solver="lbfgs", max_iter=max_iter)
     with threadpool_limits(1, user_api="blas"):  # small problems: one BLAS thread (see _blas_threads)
-        clf = LogisticRegression(C=1.0 / sweep["lambda"], solver="lbfgs", max_iter=MAX_ITER).fit(X, y)
+        refit_failed = _fit_counted(clf, X, y, max_iter)
+    clf.n_fits_, clf.not_converged_ = sweep["n_fits"] + 1, sweep["not_converged"] + refit_failed
     return clf, sweep["lambda"]
 
 
@@ -205,7 +221,8 @@ def kshot_probes(train_X, train_y, test_X, test_y, ks=KSHOTS, seeds=(0, 1, 2), v
     For each k and seed: k random training samples per class; lambda swept on the validation split
     (given, else a stratified `val_fraction` of the training samples outside the k-shot set, as
     labelled data for model selection only); the final fit uses the k-shot samples alone.
-    One row per (k, seed) with lp_acc1, lp_acc5, lp_mean_per_class_recall and lambda.
+    One row per (k, seed) with lp_acc1, lp_acc5, lp_mean_per_class_recall, lambda and the fits that
+    did not converge (not_converged, of n_fits).
     """
     train_X, train_y = np.asarray(train_X, np.float64), np.asarray(train_y)
     rows = []
@@ -221,7 +238,8 @@ def kshot_probes(train_X, train_y, test_X, test_y, ks=KSHOTS, seeds=(0, 1, 2), v
             r = linear_probe(train_X[shot], train_y[shot], test_X, test_y, vX, vy, refit_on_val=False,
                              max_iter=max_iter)
             rows.append({"k": k, "seed": seed, **{key: r[key] for key in (
-                "lp_acc1", "lp_acc5", "lp_mean_per_class_recall", "lambda", "val_acc1", "seconds")}})
+                "lp_acc1", "lp_acc5", "lp_mean_per_class_recall", "lambda", "val_acc1", "n_fits", "not_converged",
+                "seconds")}})
     return pd.DataFrame(rows)
 
 

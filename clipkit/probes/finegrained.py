@@ -154,6 +154,7 @@ def analyse(train_X, train_y, test_X, test_y, classifier, classes, spec: ProbeSp
     test = stats.mcnemar(table["lp_correct"], table["zs_correct"])
     summary = {"probe": spec.name, "dataset": spec.options.dataset, "model": model_name, "n_classes": len(classes), **zs,
                **{f"lp_{k}": v for k, v in lp.items()}, "lp_lambda": lam, "n_train": int(len(train_y)),
+               "lp_not_converged": clf.not_converged_, "lp_n_fits": clf.n_fits_,   # L-BFGS fits stopped at max_iter
                "lp_minus_zs": test["diff"], "mcnemar_p": test["p_value"],
                "zs_mean_per_class": float(per_class.query("classifier == 'zero-shot'")["accuracy"].mean()),
                "lp_mean_per_class": float(per_class.query("classifier == 'linear probe'")["accuracy"].mean()),
