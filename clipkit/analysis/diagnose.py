@@ -36,13 +36,8 @@ import pandas as pd
 
 from clipkit.core import stats
 from clipkit.evaluate.features import encode_images, encode_texts
-from clipkit.evaluate.linear_probe import split_validation
+from clipkit.evaluate.linear_probe import fit_linear_probe, predict, split_validation
 from clipkit.world import synth
-
-try:  # being moved from probes/finegrained.py into evaluate/linear_probe.py; either home serves
-    from clipkit.evaluate.linear_probe import fit_linear_probe, predict
-except ImportError:  # pragma: no cover - the older home
-    from clipkit.probes.finegrained import fit_linear_probe, predict
 
 HELD_OUT = 0.5          # fraction of items (or captions) scored; the rest fit the probe
 IDENTICAL = 1 - 1e-6    # cosine at or above which two caption embeddings count as the same point
