@@ -1,7 +1,9 @@
 """Atomic file writes: the one home for every file clipkit writes (checkpoints, caches, results, reports).
 
 Every write goes to a temporary file in the same folder, is fsync'ed and then renamed over the
-target, so a crash leaves either the old file or the new one, never half of one.
+target, so a crash leaves either the old file or the new one, never half of one. The file gets the
+mode a plain open() would give it (0666 less the umask, as torch.save and open_clip's files):
+mkstemp alone makes it 0600, unreadable by colleagues on a shared cluster volume.
 """
 from __future__ import annotations
 
@@ -11,14 +13,30 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (os.umask can only be read by
+    setting it, which would race with threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: Path, write) -> Path:
-    """Call write(tmp_path), fsync it and rename it onto `path`."""
+    """Call write(tmp_path), give it the umask's mode, fsync it and rename it onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())   # after the writer: one that recreates the file keeps it too
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -78,52 +78,90 @@ def create_model(name: str, seed: int = 0, **kwargs):
         logging.getLogger().setLevel(quiet)
 
 
-def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device = "cpu"):
-    """Load any model spec (see the module docstring) as (model, preprocess, tokenizer), in eval mode.
+PRESET_TAGS = ("random", "synthetic")   # what may follow a preset's name (besides a weights path)
 
-    `preprocess` is the model's evaluation transform (resize, centre crop, normalise).
-    """
+
+def _did_you_mean(word: str, known) -> str:
+    """' (did you mean 'x'?)' for the closest of `known`, or ''."""
+    import difflib
+    close = difflib.get_close_matches(str(word), list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _is_weights_tag(tag: str) -> bool:
+    return bool(tag) and (Path(tag).expanduser().exists() or "/" in tag or tag.endswith(
+        (".pt", ".pth", ".bin", ".safetensors")))
+
+
+def check_spec(spec: str) -> str:
+    """The stripped spec if it names a model that load_model can load here, else ModelSpecError /
+    ModelNotAvailable / FileNotFoundError with a one-line message (did-you-mean for preset names and
+    tags). Reads no weights: the CLI calls it for every --model before loading any of them."""
     spec = str(spec).strip()
     if not spec:
         raise ModelSpecError("empty model spec; try 'clipkit-tiny:synthetic' or 'ViT-B-32:openai'")
     if spec.startswith(("hf-hub:", "local-dir:")):
         _check_hub_available(spec)
+        return spec
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path.is_dir() and (path / CHECKPOINT_META).exists()):
+            raise ModelSpecError(
+                f"{spec!r} exists but is not a clipkit checkpoint folder (no {CHECKPOINT_META} inside). "
+                f"For a bare weights file, name its architecture: 'ViT-B-32:{spec}'; for an open_clip "
+                f"folder with open_clip_config.json use 'local-dir:{spec}'.")
+        return spec
+    name, _, tag = spec.partition(":")
+    if name not in open_clip.list_models():
+        raise ModelSpecError(_unknown_arch(name, tag))
+    if _is_weights_tag(tag):
+        if not Path(tag).expanduser().exists():
+            raise FileNotFoundError(f"{spec!r}: weights file not found: {Path(tag).expanduser()}")
+    elif name in PRESETS:
+        if tag not in ("", *PRESET_TAGS):
+            raise ModelSpecError(f"{spec!r}: unknown tag {tag!r} for the clipkit preset {name}"
+                                 f"{_did_you_mean(tag, PRESET_TAGS)}; known tags: {list(PRESET_TAGS)} "
+                                 f"(or a weights file '{name}:/path/to/weights.safetensors')")
+        ckpt = default_checkpoint_dir(name)
+        if tag == "synthetic" and not (ckpt / WEIGHTS_FILE).exists():
+            raise ModelNotAvailable(
+                f"{spec!r}: the trained default model is not cached at {ckpt}. Train it with "
+                f"`clipkit train --preset {name.removeprefix('clipkit-')} --out {ckpt}` "
+                f"(or `make model`), a few minutes on a CPU.")
+    elif tag:
+        _check_pretrained_available(name, tag, spec)
+    else:
+        raise ModelSpecError(
+            f"{spec!r} names an architecture without weights. Add a pretrained tag, e.g. "
+            f"'{name}:{(open_clip.list_pretrained_tags_by_model(name) or ['openai'])[0]}', a weights "
+            f"file '{name}:/path/to/weights.safetensors', or use a preset {list(PRESETS)} for random init.")
+    return spec
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device = "cpu"):
+    """Load any model spec (see the module docstring) as (model, preprocess, tokenizer), in eval mode.
+
+    `preprocess` is the model's evaluation transform (resize, centre crop, normalise). Every spec is
+    first checked by check_spec, so a typo fails in one line before any weights are read.
+    """
+    spec = check_spec(spec)
+    if spec.startswith(("hf-hub:", "local-dir:")):
         model, _, preprocess = open_clip.create_model_and_transforms(spec)
         tokenizer = open_clip.get_tokenizer(spec)
-    elif Path(spec).expanduser().is_dir() and (Path(spec).expanduser() / CHECKPOINT_META).exists():
+    elif Path(spec).expanduser().exists():   # a clipkit checkpoint folder (check_spec made sure)
         model, preprocess, tokenizer = _load_clipkit_checkpoint(Path(spec).expanduser())
-    elif Path(spec).expanduser().exists():
-        raise ModelSpecError(
-            f"{spec!r} exists but is not a clipkit checkpoint folder (no {CHECKPOINT_META} inside). "
-            f"For a bare weights file, name its architecture: 'ViT-B-32:{spec}'; for an open_clip "
-            f"folder with open_clip_config.json use 'local-dir:{spec}'.")
     else:
         name, _, tag = spec.partition(":")
-        if name in PRESETS and tag in ("", "random"):
-            model, _, preprocess = create_model(name)
-        elif name in PRESETS and tag == "synthetic":
-            ckpt = default_checkpoint_dir(name)
-            if not (ckpt / WEIGHTS_FILE).exists():
-                raise ModelNotAvailable(
-                    f"{spec!r}: the trained default model is not cached at {ckpt}. Train it with "
-                    f"`clipkit train --preset {name.removeprefix('clipkit-')} --out {ckpt}` "
-                    f"(or `make model`), a few minutes on a CPU.")
-            model, preprocess, _ = _load_clipkit_checkpoint(ckpt)
-        elif name not in open_clip.list_models():
-            raise ModelSpecError(_unknown_arch(name))
-        elif tag and (Path(tag).expanduser().exists() or "/" in tag or tag.endswith(
-                (".pt", ".pth", ".bin", ".safetensors"))):
+        if _is_weights_tag(tag):
             sd = read_state_dict(Path(tag).expanduser())
             model, _, preprocess = create_model(name, **architecture_kwargs(sd))
             _load_state_dict(model, sd, Path(tag).expanduser(), spec=spec)
-        elif tag:
-            _check_pretrained_available(name, tag, spec)
-            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag)
+        elif name in PRESETS and tag == "synthetic":
+            model, preprocess, _ = _load_clipkit_checkpoint(default_checkpoint_dir(name))
+        elif name in PRESETS:
+            model, _, preprocess = create_model(name)
         else:
-            raise ModelSpecError(
-                f"{spec!r} names an architecture without weights. Add a pretrained tag, e.g. "
-                f"'{name}:{(open_clip.list_pretrained_tags_by_model(name) or ['openai'])[0]}', a weights "
-                f"file '{name}:/path/to/weights.safetensors', or use a preset {list(PRESETS)} for random init.")
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag)
         tokenizer = open_clip.get_tokenizer(name)
     model = model.to(device).eval()
     return model, preprocess, tokenizer
@@ -213,12 +251,12 @@ def _load_clipkit_checkpoint(folder: Path):
 
 
 # --- offline checks ---------------------------------------------------------------------------
-def _unknown_arch(name: str) -> str:
+def _unknown_arch(name: str, tag: str = "") -> str:
     import difflib
-    close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
+    close = [c + (f":{tag}" if tag else "") for c in difflib.get_close_matches(name, open_clip.list_models(), n=3)]
     return (f"unknown model architecture {name!r}" + (f"; did you mean {close}?" if close else "") +
-            f" Presets: {list(PRESETS)}; open_clip has {len(open_clip.list_models())} "
-            f"(open_clip.list_models()).")
+            f" Presets: {list(PRESETS)} (tags: {list(PRESET_TAGS)}); open_clip has "
+            f"{len(open_clip.list_models())} (open_clip.list_models()).")
 
 
 def _network_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
@@ -257,9 +295,10 @@ def _offline_error(spec: str, what: str) -> ModelNotAvailable:
 
 
 def _check_pretrained_available(name: str, tag: str, spec: str) -> None:
-    if tag not in open_clip.list_pretrained_tags_by_model(name):
-        raise ModelSpecError(f"{spec!r}: unknown pretrained tag {tag!r} for {name}; known tags: "
-                             f"{open_clip.list_pretrained_tags_by_model(name)}")
+    known = open_clip.list_pretrained_tags_by_model(name)
+    if tag not in known:
+        raise ModelSpecError(f"{spec!r}: unknown pretrained tag {tag!r} for {name}{_did_you_mean(tag, known)}; "
+                             f"known tags: {known}")
     cfg = open_clip.get_pretrained_cfg(name, tag)
     if cfg.get("hf_hub"):
         # open_clip writes 'org/repo/file.bin', or 'org/repo/' for the default file name
