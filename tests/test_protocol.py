@@ -108,7 +108,7 @@ def test_overrides_merge_into_the_spec():
 
 
 def test_a_spec_name_with_a_typo_gets_a_suggestion():
-    with pytest.raises(SpecError, match=r"unknown probe spec 'countng'; did you mean 'counting'\? known: \["):
+    with pytest.raises(SpecError, match=r"unknown probe spec 'countng' \(did you mean 'counting'\?\); known: \["):
         load_spec("countng")
 
 

@@ -36,6 +36,13 @@ class SpecError(ValueError):
     """A probe spec is malformed: unknown key, wrong type, missing file."""
 
 
+def did_you_mean(word, choices) -> str:
+    """The hint ` (did you mean 'x'?)` for the closest of `choices` to `word` (difflib), else "": the one
+    hint every unknown name gets (spec, kind, key, option, breakdown factor)."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 @dataclass
 class ProbeSpec:
     """What to ask: the kind, how many items, the seed, the kind's options, the factors to report."""
@@ -59,6 +66,8 @@ class Kind:
     n_default: int | None = 200        # n when a spec gives none (None: every item, where the kind allows)
     n_nullable: bool = False           # may `n: null` be written (folder_shift: every image)
     check: Callable | None = None      # check(spec, source) -> spec: checks that need the spec's file (paths)
+    training_range: dict | None = None  # {factor: levels} clipkit's synthetic training corpus shows (flagged outside)
+    summarise: Callable | None = None  # summarise(spec, table) -> dict: kind-specific summary keys (caption choice)
 
 
 KINDS: dict[str, Kind] = {}
@@ -110,9 +119,7 @@ def check_fields(cls, d: dict, source: str, what: str, skip=(), of: str = "") ->
     known = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in d if k not in known]
     if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SpecError(f"{source}: unknown {what}(s) {unknown}{of}{hint}; known: {known}")
+        raise SpecError(f"{source}: unknown {what}(s) {unknown}{of}{did_you_mean(unknown[0], known)}; known: {known}")
     for k, v in d.items():
         if k not in skip and not _fits(v, hints[k]):
             raise SpecError(f"{source}: {what} {k!r} must be {_describe(hints[k])}, got {v!r}")
@@ -179,9 +186,7 @@ def read_spec(spec) -> tuple[dict, str]:
     else:
         found = known_specs()
         if spec not in found:
-            close = difflib.get_close_matches(str(spec), found, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise SpecError(f"unknown probe spec {spec!r}; {hint}known: {sorted(found)} (searched "
+            raise SpecError(f"unknown probe spec {spec!r}{did_you_mean(spec, found)}; known: {sorted(found)} (searched "
                             f"{', '.join(map(str, spec_dirs()))}; add folders with ${ENV_VAR})")
         path = found[spec]
     try:
@@ -207,9 +212,8 @@ def load_spec(spec, n: int | None = None, seed: int | None = None, options: dict
                         f"known kinds: {sorted(KINDS)}")
     check_fields(ProbeSpec, d, source, "key", skip=("options",))
     if d["kind"] not in KINDS:
-        close = difflib.get_close_matches(d["kind"], KINDS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SpecError(f"{source}: unknown kind {d['kind']!r}{hint}; known kinds: {sorted(KINDS)}")
+        raise SpecError(f"{source}: unknown kind {d['kind']!r}{did_you_mean(d['kind'], KINDS)}; "
+                        f"known kinds: {sorted(KINDS)}")
     kind = KINDS[d["kind"]]
     opts = d.get("options") or {}
     if not isinstance(opts, dict):
