@@ -2,16 +2,31 @@
 
 Precedence: dataclass defaults < --preset < --config FILE.yaml < explicit --flags. Every field has
 a help string that becomes its `clipkit train --help` text; the whole config is saved with every
-run (out/config.json), every checkpoint (state.pt) and the final model (clipkit.json).
+run (out/config.json), every checkpoint (state.pt) and the final model (clipkit.json). With
+--resume, the run's own out/config.json comes first, so `clipkit train --out RUN --resume auto`
+alone continues RUN; flags on top may change only RESUMABLE_CHANGES.
+
+Nothing here imports torch: `clipkit train --help` and every usage error answer in well under a second.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import json
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
+
+# the losses of train/losses.py LOSSES (tests/test_config.py checks that the two agree), named here so
+# that validating a config does not import torch
+LOSS_NAMES = ("clip", "negclip", "siglip")
+
+# config fields that may change between a run and its resumption without changing the training
+RESUMABLE_CHANGES = {"resume", "out", "workers", "device", "progress", "tensorboard", "log_every",
+                     "save_every", "keep_checkpoints", "eval_every", "eval_n", "steps", "nonfinite"}
 
 
 def _f(default, help: str):
@@ -86,9 +101,9 @@ class TrainConfig:
     def __post_init__(self):
         for f in fields(self):
             setattr(self, f.name, _coerce(f, getattr(self, f.name)))
-        from clipkit.train.losses import LOSSES
         checks = [
-            (self.loss in LOSSES, f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}"),
+            (self.loss in LOSS_NAMES, f"loss must be one of {sorted(LOSS_NAMES)}, got {self.loss!r}"
+                                      f"{_did_you_mean(self.loss, LOSS_NAMES)}"),
             (self.hard_negatives >= 0, f"hard_negatives must be >= 0, got {self.hard_negatives}"),
             (not (self.hard_negatives and self.loss != "negclip"),
              "hard_negatives > 0 needs --loss negclip (the other losses would ignore them)"),
@@ -135,6 +150,7 @@ class TrainConfig:
 
     @classmethod
     def from_argv(cls, argv=None) -> "TrainConfig":
+        """The config of `clipkit train ARGV`; a usage error exits with one line (status 2)."""
         parser = build_parser()
         ns = parser.parse_args(argv)
         d = dict(PRESETS[ns.preset]) if ns.preset else {}
@@ -145,12 +161,51 @@ class TrainConfig:
             loaded = yaml.safe_load(path.read_text()) or {}
             if not isinstance(loaded, dict):
                 parser.error(f"--config {path}: expected a mapping of field: value")
-            d.update(loaded)
+            d.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
         d.update({k: v for k, v in vars(ns).items() if k not in ("preset", "config") and v is not None})
         try:
-            return cls.from_dict(d)
+            saved = run_config(d.get("out", cls.out), d) if d.get("resume") else None
+            cfg = cls.from_dict({**saved, **d} if saved else d)
+            if saved:
+                check_resume(saved, cfg, d.get("out", cls.out))
+            return cfg
         except (ValueError, TypeError) as e:
             parser.error(str(e))
+
+
+def run_config(out: str, given: dict | None = None) -> dict | None:
+    """The saved config (out/config.json) of the run being resumed, or None for a folder without one
+    (a fresh --resume auto run starts from scratch). Its resume/out fields are left to the caller."""
+    path = Path(out).expanduser() / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--resume: cannot read {path} ({e}); fix or delete it, or pass every flag "
+                         f"of the run again") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"--resume: {path} is not a mapping of field: value")
+    return {k: v for k, v in saved.items() if k not in ("resume", "out")}
+
+
+def resume_conflicts(saved: dict, cfg: "TrainConfig") -> list[tuple[str, object, object]]:
+    """(field, old, new) for every field that differs between a run's saved config and `cfg` and may
+    not change on resume (RESUMABLE_CHANGES may); values are compared after type coercion."""
+    old = TrainConfig.from_dict({**cfg.to_dict(), **{k: v for k, v in saved.items() if hasattr(cfg, k)}})
+    return [(f.name, getattr(old, f.name), getattr(cfg, f.name)) for f in fields(cfg)
+            if f.name not in RESUMABLE_CHANGES and getattr(old, f.name) != getattr(cfg, f.name)]
+
+
+def check_resume(saved: dict, cfg: "TrainConfig", source) -> None:
+    """ValueError in one line naming each field, its old and its new value, if `cfg` changes a
+    field of the run it resumes that RESUMABLE_CHANGES does not allow to change."""
+    bad = resume_conflicts(saved, cfg)
+    if bad:
+        diff = ", ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in bad)
+        raise ValueError(f"--resume: the run in {source} was trained with other settings ({diff}); on resume "
+                         f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change. Drop those flags to "
+                         f"continue the run, or give a new --out to start another.")
 
 
 PRESETS = {
@@ -172,6 +227,23 @@ PRESETS = {
 
 # --- CLI ------------------------------------------------------------------------------------
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _did_you_mean(word: str, known) -> str:
+    close = difflib.get_close_matches(str(word), list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (the full usage of 50 flags buries the error),
+    with did-you-mean for a misspelled flag; `clipkit probe` and `clipkit eval` use it too."""
+
+    def error(self, message: str):
+        m = re.match(r"unrecognized arguments: (\S+)", message)
+        if m and m.group(1).startswith("--"):
+            flags = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+            message += _did_you_mean(m.group(1).split("=")[0], flags)
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists every flag)\n")
 
 
 def _base_type(f) -> tuple[type, bool]:
@@ -204,7 +276,7 @@ def _coerce(f, v):
 
 def build_parser() -> argparse.ArgumentParser:
     """`clipkit train` flags: --preset, --config, and one flag per TrainConfig field with its help."""
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="clipkit train", description="Train a CLIP model contrastively (CLIP paper §2.3-2.5). "
         "Precedence: defaults < --preset < --config < flags. One GPU: clipkit train ...; "
         "several: torchrun --nproc_per_node N -m clipkit.train ...")

@@ -3,6 +3,10 @@
 Only the main process (rank 0) makes a RunLog; the others get `RunLog(None)`, which ignores
 every call. Records are flat dicts of numbers keyed by name; each goes to out/log.jsonl as one
 line and to TensorBoard as one scalar per key under train/ (or eval/ for evaluation records).
+
+A run that starts at step `initial` (a resume, or 0 for a fresh start in the same folder) first
+drops the records after that step, which the interrupted run wrote after its last checkpoint and
+the resumed run writes again: log.jsonl and TensorBoard (its purge_step) hold each step once.
 """
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+from clipkit.core.files import atomic_write_text
 
 
 class RunLog:
@@ -19,10 +25,13 @@ class RunLog:
         self.file = self.writer = self.bar = None
         if not self.active:
             return
-        self.file = open(Path(out) / "log.jsonl", "a")
+        path = Path(out) / "log.jsonl"
+        drop_after(path, initial)
+        self.file = open(path, "a")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(Path(out) / "tensorboard"))
+            # TensorBoard hides the events at steps >= purge_step of the earlier files of this folder
+            self.writer = SummaryWriter(str(Path(out) / "tensorboard"), purge_step=initial + 1)
         if progress:
             from tqdm import tqdm
             # counted in samples, so the bar's rate is samples/s; updated per step with no device sync
@@ -61,8 +70,28 @@ class RunLog:
             print(f"[clipkit] {msg}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
+        """Close the bar, TensorBoard and the log file; later calls are ignored."""
         for h in (self.bar, self.writer, self.file):
             if h is not None:
                 h.close()
         self.bar = self.writer = self.file = None
         self.active = False
+
+
+def drop_after(path: Path, step: int) -> int:
+    """Rewrite the JSONL log `path` (atomically) without its records after `step`, and without a line
+    cut by a crash; returns how many lines were dropped (0 and no rewrite when none is)."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines()
+    keep = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass
+    if len(keep) < len(lines):
+        atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+    return len(lines) - len(keep)

@@ -9,13 +9,20 @@ Distributed set-up comes from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RA
 forward -> loss dict -> backward (over accum_steps micro-batches) -> guarded update -> clamp the
 temperature -> log / checkpoint / hooks. The host reads device values only at log steps (and the
 non-finite flag one step late), so it never drains the GPU's queue of work.
+
+SIGINT (Ctrl-C) and SIGTERM (what a scheduler sends before it kills a job) stop the run between two
+steps (with several ranks: at the next log step, where the ranks agree): a checkpoint of the last
+step is saved and `TrainingInterrupted` names it and the command that continues the run.
 """
 from __future__ import annotations
 
 import math
 import os
 import random
+import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,17 +31,13 @@ import torch
 import torch.distributed as dist
 
 from clipkit.train import checkpoint as ck
-from clipkit.train.config import TrainConfig
+from clipkit.train.config import RESUMABLE_CHANGES, TrainConfig, check_resume  # noqa: F401  (re-exported)
 from clipkit.data.loaders import build_loader
 from clipkit.train.losses import make_loss
 from clipkit.models import create_model, save_model
 from clipkit.train.log import RunLog
 from clipkit.train.step import (MAX_LOGIT_SCALE, ContrastiveForward, LaggedFlag, adam_betas_eps,
                                 cosine_with_warmup, forward_backward, nonfinite_flag, optimizer_step, param_groups)
-
-# config fields that may change between a run and its resumption without changing the training
-RESUMABLE_CHANGES = {"resume", "out", "workers", "device", "progress", "tensorboard", "log_every",
-                     "save_every", "keep_checkpoints", "eval_every", "eval_n", "steps", "nonfinite"}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -43,6 +46,40 @@ class NonFiniteLoss(RuntimeError):
 
 class TooManyBadSamples(RuntimeError):
     """More than --max-bad-fraction of the images read were unreadable."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM stopped the run after a checkpoint was saved. The message is one line (the step,
+    the checkpoint, the command that continues); `exit_code` is the shell's 128 + signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum, self.exit_code = signum, 128 + signum
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM only set `signum` (the loop stops at the next safe point); a
+    second signal raises KeyboardInterrupt at once. Installed only in the main thread (Python's rule)."""
+
+    def __init__(self):
+        self.signum, self._old = 0, {}
+
+    def _handle(self, signum, frame):
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def install(self) -> "StopSignals":
+        """Catch SIGINT and SIGTERM (in the main thread; elsewhere Python does not allow it)."""
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before."""
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
 
 
 def setup_distributed(cfg: TrainConfig):
@@ -118,11 +155,9 @@ def train(cfg: TrainConfig, hooks=()) -> Path:
         ck.set_rng_state(state["rng"][rank % len(state["rng"])])
         start_step, position = int(state["step"]), int(state["position"])
         counters.update(state.get("counters", {}))
-        changed = {k: (v, getattr(cfg, k)) for k, v in state["config"].items()
-                   if k not in RESUMABLE_CHANGES and hasattr(cfg, k) and getattr(cfg, k) != v}
+        check_resume(state["config"], cfg, resume)    # only RESUMABLE_CHANGES may differ
         if is_main:
-            print(f"[clipkit] resumed from {resume} at step {start_step} (sample {position})"
-                  + (f"; config changed since: {changed}" if changed else ""), file=sys.stderr)
+            print(f"[clipkit] resumed from {resume} at step {start_step} (sample {position})", file=sys.stderr)
 
     # --- wrap: one forward returning the loss's arguments; DDP; compile ---------------------
     train_model = ContrastiveForward(model)
@@ -168,10 +203,51 @@ def train(cfg: TrainConfig, hooks=()) -> Path:
     loss_sum, ok_steps, skipped = zero.clone(), zero.clone(), zero + counters["skipped_steps"]
     bad_new = read_new = 0                          # host-side counts since the last log record
     t_log, step_log = time.perf_counter(), start_step
+
+    def flush(step: int, grad_norm=None, stopping: bool = False) -> bool:
+        """Write the log record of the steps since the last one (the only place the host waits for the
+        device); returns whether any rank was asked to stop (SIGINT/SIGTERM)."""
+        nonlocal bad_new, read_new, t_log, step_log
+        stats = torch.stack([loss_sum, ok_steps, torch.tensor(float(bad_new), device=device),
+                             torch.tensor(float(read_new), device=device),
+                             torch.tensor(float(stopping), device=device)])
+        if ddp:
+            dist.all_reduce(stats)
+        lsum, n_ok, n_bad, n_read, n_stop = stats.tolist()
+        counters["bad_samples"] += int(n_bad)
+        counters["read"] += int(n_read)
+        counters["skipped_steps"] = int(skipped.item())
+        now = time.perf_counter()
+        # loss: the mean over the steps since the last record (skipped steps left out)
+        rec = {"step": step, "loss": round(lsum / n_ok, 5) if n_ok else None,
+               "lr": scheduler.get_last_lr()[0],
+               "temperature": round(math.exp(-model.logit_scale.item()), 5),
+               "samples_per_s": round((step - step_log) * global_batch / (now - t_log), 1),
+               "grad_norm": round(float(grad_norm), 4) if grad_norm is not None else None,
+               **counters, "bad_fraction": round(counters["bad_samples"] / max(1, counters["read"]), 5)}
+        if getattr(model, "logit_bias", None) is not None:
+            rec["logit_bias"] = round(model.logit_bias.item(), 4)
+        log.record(rec)
+        if not log.bar:
+            loss_text = "nan" if rec["loss"] is None else f"{rec['loss']:.4f}"
+            log.say(f"step {step}/{cfg.steps} loss {loss_text} lr {rec['lr']:.2e} "
+                    f"T {rec['temperature']:.4f} {rec['samples_per_s']:.0f} samples/s")
+        check_bad_fraction(cfg, counters)
+        loss_sum.zero_()
+        ok_steps.zero_()
+        bad_new = read_new = 0
+        t_log, step_log = time.perf_counter(), step
+        return n_stop > 0
+
     batches = iter(loader)
     model.train()
+    done = start_step                               # the last step whose update is applied
+    stop_all = False                                # some rank was signalled (agreed at a log step)
+    signals = StopSignals().install()
     try:
         for step in range(start_step + 1, cfg.steps + 1):      # step = updates done after this one
+            if stop_all or (signals.signum and not ddp):   # one process stops between any two steps
+                break
             micro = [next(batches) for _ in range(cfg.accum_steps)]
             optimizer.zero_grad(set_to_none=True)
             loss = forward_backward(train_model, loss_fn, micro, device, autocast, scaler, channels_last)
@@ -193,35 +269,9 @@ def train(cfg: TrainConfig, hooks=()) -> Path:
                 on_nonfinite(cfg, *fired, rank, log)
             log.advance()
 
-            if log_now:   # the only place the host waits for the device
-                stats = torch.stack([loss_sum, ok_steps, torch.tensor(float(bad_new), device=device),
-                                     torch.tensor(float(read_new), device=device)])
-                if ddp:
-                    dist.all_reduce(stats)
-                lsum, n_ok, n_bad, n_read = stats.tolist()
-                counters["bad_samples"] += int(n_bad)
-                counters["read"] += int(n_read)
-                counters["skipped_steps"] = int(skipped.item())
-                now = time.perf_counter()
-                # loss: the mean over the steps since the last record (skipped steps left out)
-                rec = {"step": step, "loss": round(lsum / n_ok, 5) if n_ok else None,
-                       "lr": scheduler.get_last_lr()[0],
-                       "temperature": round(math.exp(-model.logit_scale.item()), 5),
-                       "samples_per_s": round((step - step_log) * global_batch / (now - t_log), 1),
-                       "grad_norm": round(float(grad_norm), 4) if grad_norm is not None else None,
-                       **counters, "bad_fraction": round(counters["bad_samples"] / max(1, counters["read"]), 5)}
-                if getattr(model, "logit_bias", None) is not None:
-                    rec["logit_bias"] = round(model.logit_bias.item(), 4)
-                log.record(rec)
-                if not log.bar:
-                    loss_text = "nan" if rec["loss"] is None else f"{rec['loss']:.4f}"
-                    log.say(f"step {step}/{cfg.steps} loss {loss_text} lr {rec['lr']:.2e} "
-                            f"T {rec['temperature']:.4f} {rec['samples_per_s']:.0f} samples/s")
-                check_bad_fraction(cfg, counters)
-                loss_sum.zero_()
-                ok_steps.zero_()
-                bad_new = read_new = 0
-                t_log, step_log = time.perf_counter(), step
+            if log_now:
+                stop_all = flush(step, grad_norm, stopping=bool(signals.signum))
+            done = step
             if save_now and step < cfg.steps:
                 save(step)
             for hook in hooks:
@@ -232,6 +282,14 @@ def train(cfg: TrainConfig, hooks=()) -> Path:
         if fired:
             on_nonfinite(cfg, *fired, rank, log)
 
+        if done < cfg.steps:   # --- signalled: a checkpoint of the last step, and the way back ------
+            if step_log < done:       # counters go in checkpoints: the record of the steps since the last
+                flush(done)
+            if done > start_step and not (cfg.save_every and done % cfg.save_every == 0):
+                save(done)
+            raise TrainingInterrupted(interrupted_message(signals.signum, done, cfg.steps, out, world_size),
+                                      signals.signum or signal.SIGTERM)
+
         # --- the end: last checkpoint, and the final weights as a loadable model folder --------
         save(cfg.steps)
         if is_main:
@@ -241,11 +299,22 @@ def train(cfg: TrainConfig, hooks=()) -> Path:
                     f"{counters['bad_samples']} unreadable images skipped of {counters['read']} read; "
                     f"model in {out}")
     finally:
+        signals.restore()
         log.close()
     if own_group:
         dist.barrier()
         dist.destroy_process_group()
     return out
+
+
+def interrupted_message(signum: int, step: int, steps: int, out: Path, world_size: int) -> str:
+    """The one line printed when a signal stops a run: the step, the checkpoint, the exact command."""
+    name = signal.Signals(signum).name if signum else "a signal"
+    launcher = "clipkit train" if world_size == 1 else \
+        f"torchrun --nproc_per_node {os.environ.get('LOCAL_WORLD_SIZE', world_size)} -m clipkit train"
+    ckpt = ck.step_dir(out, step) if step else "none (no step was done)"
+    return (f"interrupted by {name} at step {step}/{steps}; checkpoint: {ckpt}; continue with: "
+            f"{launcher} --out {shlex.quote(str(out))} --resume auto")
 
 
 def on_nonfinite(cfg: TrainConfig, step: int, ids, rank: int, log: RunLog) -> None:
