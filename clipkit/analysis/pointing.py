@@ -25,8 +25,10 @@ import pandas as pd
 
 from clipkit.core import stats
 from clipkit.world import synth
+from clipkit.world.seeds import scene_seed
 
-SEED_STRIDE = 100_000        # item seeds spec.seed * stride + i, as the probes make theirs
+# item i of kind k has the seed of the probes' item i (clipkit.world.seeds): the same scenes they ask about
+PURPOSES = {"count": "probe:counting", "relation": "probe:spatial", "binding": "probe:binding"}
 KINDS = ("count", "relation", "binding")
 
 
@@ -73,7 +75,7 @@ def pointing_items(kind: str, n: int, seed: int = 0, size: int = 72) -> list[dic
         raise ValueError(f"unknown pointing-game scene kind {kind!r}; choose one of {KINDS}")
     out = []
     for i in range(n):
-        s = seed * SEED_STRIDE + i
+        s = scene_seed(PURPOSES[kind], seed, i)
         if kind == "count":
             scene = synth.make_count_scene(s, n=1 + i % 6)
             f = scene.facts

@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from clipkit.world import synth
+from clipkit.world import seeds, synth
 from clipkit.core.fingerprints import folder_fingerprint, files_fingerprint, params_fingerprint
 from clipkit.data.images import safe_open_image
 from clipkit.data.templates import DATASET_TEMPLATES
@@ -136,15 +136,16 @@ FAMILIES: dict[str, Family] = {
     "count": Family({synth.NUMBER_WORDS[n]: partial(synth.make_count_scene, n=n) for n in range(1, 7)},
                     ("{c} shapes.", "a photo of {c} objects.")),
 }
-_SYNTH_SOURCE = hashlib.sha256(inspect.getsource(synth).encode()).hexdigest()[:16]  # renderer version
+# the world's version: the renderer and the seed namespaces (a change to either changes every image)
+_SYNTH_SOURCE = hashlib.sha256((inspect.getsource(synth) + inspect.getsource(seeds)).encode()).hexdigest()[:16]
 
 
 class SyntheticClassification(ClassificationDataset):
     """n balanced images of a synthetic family: sample i has label i % n_classes and its own scene seed.
 
     `family` is a name in FAMILIES or a `Family`. Splits draw disjoint seeds, so "train", "val" and
-    "test" of the same family never share an image: the scene seed is crc32 of "family/split/seed/i"
-    (tests/test_splits.py checks that no seed is shared between splits up to 10,000 images each).
+    "test" of the same family never share an image: the scene seed is clipkit.world.seeds.scene_seed of
+    ("classification:<family>:<split>", seed, i) (tests/test_splits.py and tests/test_seeds.py check it).
     Pure function of the arguments (and synth.py).
     """
 
@@ -171,9 +172,10 @@ class SyntheticClassification(ClassificationDataset):
     def scene(self, i: int) -> synth.Scene:
         if not 0 <= i < self.n:
             raise IndexError(i)
-        # one seed per (family, split, seed, i); crc32 is stable across processes and platforms
-        scene_seed = zlib.crc32(f"{self.family_name}/{self.split}/{self.seed}/{i}".encode())
-        return self._factories[i % len(self._factories)](scene_seed)
+        # one seed per (family, split, seed, i) from the keyed hash of clipkit.world.seeds: splits, probes
+        # and training are disjoint namespaces, whatever the seed (stable across processes and platforms)
+        s = seeds.scene_seed(f"classification:{self.family_name}:{self.split}", self.seed, i)
+        return self._factories[i % len(self._factories)](s)
 
     def __getitem__(self, i):
         image = synth.render(self.scene(i), size=self.image_size)

@@ -6,10 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from clipkit.world import synth
+from clipkit.world.seeds import scene_seed  # probe items: their own seed namespace
 from clipkit.probes.engine import Item, choice_kind
 from clipkit.probes.protocol import ProbeSpec, SpecError
-
-SEED_STRIDE = 100_000
 
 
 @dataclass
@@ -28,7 +27,7 @@ def items(spec: ProbeSpec) -> list[Item]:
     """spec.n two-object scenes (different shapes, different colours); 2-way choice, true first or second."""
     o, out = spec.options, []
     for i in range(spec.n):
-        scene = synth.make_binding_scene(spec.seed * SEED_STRIDE + i)
+        scene = synth.make_binding_scene(scene_seed("probe:binding", spec.seed, i))
         (ca, sa), (cb, sb) = scene.facts["pairs"]
         true, swapped = synth.binding_caption([(ca, sa), (cb, sb)]), synth.binding_caption([(cb, sa), (ca, sb)])
         answer = i % 2   # alternate the true caption's position so position bias cannot score

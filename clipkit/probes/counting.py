@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 
 from clipkit.world import synth
+from clipkit.world.seeds import scene_seed  # probe items: their own seed namespace
 from clipkit.probes.engine import Item, choice_kind
 from clipkit.probes.protocol import ProbeSpec, SpecError
 
-SEED_STRIDE = 100_000  # probe item seeds: spec.seed * stride + i; training corpus seeds start at 1e7
 SIZE_MODES = ("random", "fixed", "constant_area")   # synth.make_count_scene's size modes
 
 
@@ -42,7 +42,7 @@ def items(spec: ProbeSpec) -> list[Item]:
     out = []
     for i in range(spec.n):
         n, mode = counts[i % len(counts)], modes[(i // len(counts)) % len(modes)]
-        scene = synth.make_count_scene(spec.seed * SEED_STRIDE + i, n=n, size_mode=mode)
+        scene = synth.make_count_scene(scene_seed("probe:counting", spec.seed, i), n=n, size_mode=mode)
         f = scene.facts
         captions = [o.template.format(synth.count_caption(c, f["colour"], f["shape"])) for c in counts]
         out.append(Item(synth.render(scene, size=o.image_size), captions, counts.index(n),

@@ -23,9 +23,8 @@ import pandas as pd
 from clipkit.evaluate.linear_probe import fit_linear_probe, predict
 from clipkit.probes.protocol import ProbeSpec, SpecError, load_spec, register
 from clipkit.probes.shift_results import CLASSIFIERS, ShiftResult, summarise  # noqa: F401  (this kind's results)
+from clipkit.world.seeds import scene_seed  # item i's shift noise: its own seed namespace
 from clipkit.world.shifts import IN_DISTRIBUTION, SHIFTS, get_shift, shifted_image
-
-SEED_STRIDE = 100_000  # item i of a spec with seed s draws its shift noise from seed s * stride + i
 
 
 @dataclass
@@ -85,7 +84,7 @@ def run_shift(spec, model, preprocess, tokenizer, model_name: str = "", cache=Tr
     targets = np.arange(spec.n) % len(test.classes)                                     # the dataset's labelling
     parts = []
     for shift, sev in conditions(spec):
-        images = [shifted_image(s, shift, max(sev, 1), seed=spec.seed * SEED_STRIDE + i, size=o.image_size)
+        images = [shifted_image(s, shift, max(sev, 1), seed=scene_seed("shift-noise", spec.seed, i), size=o.image_size)
                   for i, s in enumerate(scenes)]
         X = encode_images(model, preprocess, images, batch_size=batch_size)                # (n_test, d)
         zs_pred = (X @ classifier).argmax(1).numpy()

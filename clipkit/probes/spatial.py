@@ -12,10 +12,10 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 
 from clipkit.world import synth
+from clipkit.world.seeds import scene_seed  # probe items: their own seed namespace
 from clipkit.probes.engine import Item, choice_kind
 from clipkit.probes.protocol import ProbeSpec, SpecError
 
-SEED_STRIDE = 100_000
 MODES = ("relation", "swap")
 
 
@@ -47,7 +47,7 @@ def items(spec: ProbeSpec) -> list[Item]:
         # so its relation is the inverse one (What'sUp's "pair" score needs both answered right)
         pair, mirrored = divmod(i, 2)
         rel = rels[pair % len(rels)]
-        scene = synth.make_relation_scene(spec.seed * SEED_STRIDE + pair, relation=rel)
+        scene = synth.make_relation_scene(scene_seed("probe:spatial", spec.seed, pair), relation=rel)
         if mirrored and synth.INVERSE[rel] in rels:
             scene = mirror(scene)
         rel = scene.facts["relation"]

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from PIL import Image, ImageDraw
 
+from clipkit.world.seeds import scene_seed
+
 # --- vocabulary -------------------------------------------------------------------------------
 COLOURS = {  # name -> RGB; hues far apart so that "colour" is an easy factor at 64 px
     "red": (220, 40, 40),
@@ -346,14 +348,18 @@ def object_area(scene: Scene, size: int = 216) -> float:
 DEFAULT_MIX = {"count": 0.4, "relation": 0.4, "binding": 0.1, "single": 0.1}
 
 
-def corpus_item(index: int, seed: int = 0, mix: dict | None = None) -> Scene:
-    """Scene number `index` of the training corpus `seed`: the kind is drawn from `mix`."""
+def corpus_item(index: int, seed: int = 0, mix: dict | None = None, purpose: str = "train") -> Scene:
+    """Scene number `index` of the corpus `seed` in namespace `purpose`: the kind is drawn from `mix`.
+
+    "train" is the training corpus; "heldout-retrieval" the same mix of scenes from a namespace no
+    training run draws from (clipkit.world.seeds: no seed or index of one can reach the other)."""
     mix = mix or DEFAULT_MIX
     kinds, p = list(mix), np.array(list(mix.values()), dtype=float)
-    rng = np.random.default_rng([int(seed), int(index), 7])
+    # a keyed hash, not arithmetic: training never meets a probe or held-out scene, whatever seed or index
+    s = scene_seed(purpose, seed, index)
+    rng = np.random.default_rng([s, 7])         # the kind's own stream, apart from the scene's scene_rng
     kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
-    # corpus seeds live far from probe seeds (which start at 0) so training never sees probe images
-    return make_scene(kind, seed=10_000_000 * (seed + 1) + index)
+    return make_scene(kind, seed=s)
 
 
 def object_masks(scene: Scene, size: int = 72, supersample: int = 2, threshold: float = 0.5) -> np.ndarray:
