@@ -27,9 +27,9 @@ def test_run_probe_table_summary_and_breakdowns(nano):
     assert r.summary["n"] == 16 and r.summary["chance"] == pytest.approx(0.25)
     assert r.summary["ci_low"] <= r.summary["accuracy"] <= r.summary["ci_high"]
     assert set(r.breakdowns["relation"]["n"]) == {4}
-    assert relation_confusion(r.table).to_numpy().sum() == 16
+    assert relation_confusion(r).to_numpy().sum() == pytest.approx(16)
     imgs, titles = r.failures(3)
-    assert len(imgs) == len(titles) == min(3, int((~r.table["correct"]).sum()))
+    assert len(imgs) == len(titles) == min(3, int((r.table["credit"] < 1).sum()))
 
 
 class _OneHotModel(torch.nn.Module):
@@ -79,8 +79,19 @@ def test_count_report_confusion_and_mae(nano):
     spec = load_spec("counting", n=12)
     r = run_probe(spec, model, preprocess, tok)
     rep = count_report(r.table, spec.options.counts)
-    assert rep["confusion"].to_numpy().sum() == 12 and rep["confusion"].shape == (6, 6)
-    assert rep["mae"] >= 0
+    assert rep["confusion"].to_numpy().sum() == pytest.approx(12) and rep["confusion"].shape == (6, 6)
+
+
+def test_count_report_on_a_known_confusion_with_a_tie():
+    import numpy as np
+    import pandas as pd
+    # counts [1, 2, 3]: item 0 true 1 chose 1; item 1 true 2 chose 3; item 2 true 3 chose 1;
+    # item 3 true 2 tied between 2 and 3 (candidates 1|2): half a right answer, half a "3"
+    t = pd.DataFrame({"count": [1, 2, 3, 2], "best": ["0", "2", "0", "1|2"]})
+    rep = count_report(t, [1, 2, 3])
+    assert rep["mae"] == pytest.approx((0 + 1 + 2 + 0.5) / 4)
+    assert rep["confusion"].to_numpy().tolist() == [[1, 0, 0], [0, 0.5, 1.5], [1, 0, 0]]
+    assert rep["n_tied"] == 1 and np.isnan(rep["predicted_count"][3]) and rep["predicted_count"][1] == 3
 
 
 def test_results_are_saved_as_csv_and_json(tmp_path, nano):
@@ -183,7 +194,10 @@ def test_spatial_items_come_in_mirrored_pairs_and_pair_scores_need_both():
         assert first.factors["pair"] == second.factors["pair"]
         assert synth.INVERSE[first.factors["relation"]] == second.factors["relation"]
         assert (first.factors["a"], first.factors["b"]) == (second.factors["a"], second.factors["b"])
-    t = pd.DataFrame({"pair": [0, 0, 1, 1, 2, 2], "correct": [True, True, True, False, False, False],
-                      "chance": [0.25] * 6})
+    t = pd.DataFrame({"pair": [0, 0, 1, 1, 2, 2], "credit": [1.0, 1.0, 1.0, 0.0, 0.0, 0.0],
+                      "chance": [0.25] * 6, "mirrored": True})
     s = pair_scores(t)
     assert s["pair_accuracy"] == pytest.approx(1 / 3) and s["pair_n"] == 3 and s["pair_chance"] == 1 / 16
+    # the tie rule: a member tied between 2 captions halves its pair's credit
+    s = pair_scores(t.assign(credit=[1.0, 0.5, 0.0, 0.0, 0.0, 0.0]))
+    assert s["pair_accuracy"] == pytest.approx(0.5 / 3)

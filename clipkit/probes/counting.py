@@ -1,8 +1,17 @@
 """Counting probe (CountBench protocol, Paiss et al. 2023): K-way choice among captions that differ
-only in the number word. Controls: object size mode, including constant total area across counts."""
+only in the number word.
+
+Controls (size modes of synth.make_count_scene), each reported as its own breakdown level:
+"random" and "fixed" object sizes; "constant_area": the summed object area is the same for every
+count, so total area cannot stand in for the count; "varied_constant_area": the same fixed total,
+shared unequally within a scene, so no single object's size gives the count away either.
+Counts the synthetic training corpus never shows (above 6) are flagged for clipkit-trained models.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import inspect
 
 import numpy as np
 import pandas as pd
@@ -12,7 +21,9 @@ from clipkit.world.seeds import scene_seed  # probe items: their own seed namesp
 from clipkit.probes.engine import Item, choice_kind
 from clipkit.probes.protocol import ProbeSpec, SpecError
 
-SIZE_MODES = ("random", "fixed", "constant_area")   # synth.make_count_scene's size modes
+SIZE_MODES = ("random", "fixed", "constant_area", "varied_constant_area")   # synth.make_count_scene's size modes
+# the counts clipkit's training corpus shows: make_count_scene's default max_count (corpus_item passes none)
+CORPUS_COUNTS = tuple(range(1, inspect.signature(synth.make_count_scene).parameters["max_count"].default + 1))
 
 
 @dataclass
@@ -34,7 +45,7 @@ class CountingOptions:
             raise SpecError(f"option 'image_size' must be >= 1, got {self.image_size}")
 
 
-@choice_kind("counting", CountingOptions)
+@choice_kind("counting", CountingOptions, training_range={"count": CORPUS_COUNTS})
 def items(spec: ProbeSpec) -> list[Item]:
     """spec.n scenes, balanced over counts x size modes; candidates: one caption per count."""
     o = spec.options
@@ -51,10 +62,21 @@ def items(spec: ProbeSpec) -> list[Item]:
 
 
 def count_report(table: pd.DataFrame, counts) -> dict:
-    """Predicted counts, the count confusion matrix (rows: true, cols: predicted) and MAE of the count."""
-    counts = list(counts)
-    pred_count = np.asarray(counts)[table["pred"].to_numpy()]
-    conf = pd.crosstab(pd.Series(table["count"].to_numpy(), name="true"), pd.Series(pred_count, name="predicted"))
-    conf = conf.reindex(index=counts, columns=counts, fill_value=0)
-    return {"predicted_count": pred_count, "confusion": conf,
-            "mae": float(np.abs(pred_count - table["count"].to_numpy()).mean())}
+    """The count confusion matrix (rows: true, cols: chosen), the MAE of the count, and each item's
+    chosen count, under the accuracy's tie rule.
+
+    An item whose best score is shared by t captions adds 1/t to each tied count's cell and has, as
+    its error, the mean absolute error over those t counts (the expected error of a random pick among
+    them); its `predicted_count` is NaN, never the true count. counts: the spec's counts, in candidate order.
+    """
+    counts = np.asarray(list(counts))
+    best = [np.asarray([int(j) for j in b.split("|")]) for b in table["best"].astype(str)]
+    true = table["count"].to_numpy()
+    conf = pd.DataFrame(0.0, index=pd.Index(counts, name="true"), columns=pd.Index(counts, name="predicted"))
+    err = np.empty(len(best))
+    for i, (t, b) in enumerate(zip(true, best)):
+        conf.loc[t, counts[b]] += 1.0 / len(b)
+        err[i] = np.abs(counts[b] - t).mean()
+    pred = np.array([float(counts[b[0]]) if len(b) == 1 else np.nan for b in best])
+    return {"predicted_count": pred, "confusion": conf, "mae": float(err.mean()) if len(err) else float("nan"),
+            "n_tied": int(sum(len(b) > 1 for b in best))}

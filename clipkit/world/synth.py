@@ -126,9 +126,13 @@ def make_count_scene(seed: int, n: int | None = None, shape: str | None = None, 
                      colours=BASIC_COLOURS, total_area: float = 0.06) -> Scene:
     """n objects of one shape and one colour.
 
-    size_mode: "random" (each object small..large), "fixed" (all medium-small), or "constant_area"
+    size_mode: "random" (each object small..large), "fixed" (all medium-small), "constant_area"
     (radius chosen so that the summed object area is `total_area` of the canvas whatever n is, so
-    that "more pixels" cannot stand in for "more objects").
+    that "more pixels" cannot stand in for "more objects"), or "varied_constant_area" (the same
+    summed area, shared unequally: object areas in proportion to draws from U(1, 4), so the objects
+    of one scene differ in size up to 2x in radius and no single object's size gives the count away
+    as it does under constant_area; the mean object size is still total_area / n, which no design
+    that fixes the total can avoid).
     """
     rng = scene_rng("count", seed)
     n = int(rng.integers(1, max_count + 1)) if n is None else int(n)
@@ -145,8 +149,12 @@ def make_count_scene(seed: int, n: int | None = None, shape: str | None = None, 
     elif size_mode == "constant_area":
         # pi r^2 n = total_area  ->  r = sqrt(total_area / (pi n)); this is the circle-equivalent radius
         radii = [math.sqrt(total_area / (math.pi * n))] * n
+    elif size_mode == "varied_constant_area":
+        share = rng.uniform(1.0, 4.0, size=n)                   # relative areas: radii differ up to 2x
+        radii = list(np.sqrt(total_area * share / share.sum() / math.pi))   # sum of pi r^2 = total_area
     else:
-        raise ValueError(f"size_mode must be 'random', 'fixed' or 'constant_area', got {size_mode!r}")
+        raise ValueError(f"size_mode must be 'random', 'fixed', 'constant_area' or 'varied_constant_area', "
+                         f"got {size_mode!r}")
     centres, radii = _place(rng, radii)
     angle = float(rng.uniform(0, 360)) if shape != "circle" else 0.0
     objs = tuple(Obj(shape, colour, x, y, r, angle) for (x, y), r in zip(centres, radii))
