@@ -97,7 +97,9 @@ def _render(rows: list[dict], probes: list[str], paired: list[dict] = (), experi
                    for r in [*rows, *([experiments] if experiments else [])])
     return (f"<!DOCTYPE html>\n<html><head><meta charset=utf-8><title>clipkit reports</title>"
             f"<style>{_CSS}</style></head><body><h1>clipkit reports</h1>"
-            f"<p class=meta>Accuracy with its 95% CI [low, high], chance level and n. "
+            f"<p class=meta>Accuracy with its 95% CI [low, high], chance level and n. Under each cell: the "
+            f"notebook's run time and date; <b>cached</b>: not executed this time, its inputs unchanged since "
+            f"that run (`clipkit report --force` executes it). "
             f"Generated {esc(now())}.</p><table><tr><th>model</th>{head}</tr>{''.join(body)}</table>"
             f"{_paired_table(paired)}{_figures(rows)}{_experiments(experiments)}"
             f"<h2>Runs</h2><table><tr><th>model / experiments</th><th>updated</th><th>git</th><th>versions</th></tr>"
@@ -164,7 +166,9 @@ def _cell(key: str, p: dict) -> str:
         out.append(f'<div class=fail><b>FAILED</b>{where}<details><summary>{esc(err.splitlines()[0])}'
                    f"</summary><pre>{esc(err)}</pre></details></div>")
     if p["seconds"] is not None:
-        out.append(f"<div class=meta>{p['seconds']:.1f}s · {esc(str(p['finished'] or ''))}</div>")
+        # a cached notebook was not executed: its outputs, time and date are those of the run that made them
+        cached = "<b>cached</b> · " if p["status"] == "cached" else ""
+        out.append(f"<div class=meta>{cached}{p['seconds']:.1f}s · {esc(str(p['finished'] or ''))}</div>")
     return "".join(out)
 
 

@@ -12,15 +12,17 @@ import ast
 import json
 import os
 import re
-import shutil
 import sys
-import time
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipkit.core.files import atomic_write_json, atomic_write_text, read_json
 from clipkit.core.paths import slugify
 from clipkit.core.records import jsonable, package_version, versions
+from clipkit.report.cache import changed, inputs_key
+from clipkit.report.execute import Options, kernel_threads, promote as _promote, run_notebook  # noqa: F401 (_promote: tests)
 from clipkit.report.index import EXPERIMENTS, build_index, now
 
 # papermill, nbconvert and clipkit.models (torch, open_clip) are imported inside functions: notebooks
@@ -30,18 +32,16 @@ DEFAULT_KERNEL = "python3"  # jupyter_client runs this kernel with sys.executabl
 RESERVED = ("MODEL", "OUT_DIR")  # set per model by run_reports, never by the user
 DEFAULT_NOTEBOOKS = ("notebooks/probe_*.ipynb", "notebooks/analysis_*.ipynb")  # per model
 EXPERIMENT_NOTEBOOKS = ("notebooks/experiment_*.ipynb",)  # train their own models
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # kernel tracebacks are coloured
-# The kernel talks to us over local IPC sockets, not TCP on localhost: nothing else needs to reach
-# it, and ipykernel then has no reason to log "Kernel is running over TCP without encryption" for
-# every notebook (its own warnings and the notebooks' still reach stderr).
-_KERNEL_CONFIG = {"KernelManager": {"transport": "ipc"}}
+DEFAULT_JOBS = min(2, os.cpu_count() or 1)  # notebooks at once: each kernel keeps about one core busy
 
 
 @dataclass
 class ReportSummary:
-    """What one `run_reports` call did. Items are dicts: model, notebook, path, error."""
+    """What one `run_reports` call did. Items are dicts: model, notebook, path, error. `cached`:
+    notebooks not executed because nothing they depend on changed (their last good outputs stand)."""
     ok: list = field(default_factory=list)
     failed: list = field(default_factory=list)
+    cached: list = field(default_factory=list)
     index: Path | None = None
 
 
@@ -68,13 +68,16 @@ def record_metrics(name: str, metrics: dict, out_dir: str | Path, figures=()) ->
 
 def run_reports(models: list[str], notebooks: list[str | Path] | None = None, out_root="reports",
                 parameters: dict | None = None, timeout_per_cell: int = 1800,
-                kernel: str | None = None, html: bool = True, hide_code: bool = False) -> ReportSummary:
+                kernel: str | None = None, html: bool = True, hide_code: bool = False,
+                jobs: int | None = None, force: bool = False) -> ReportSummary:
     """Execute every notebook for every model spec into `out_root/<slug>/`, then rebuild the index.
 
     Default notebooks: notebooks/probe_*.ipynb and notebooks/analysis_*.ipynb. A failing notebook
     leaves `<stem>.failed.ipynb` (and its partial outputs in `<stem>.failed/`) and never touches
     the last successful `<stem>.ipynb/.html/.metrics.json` or figures; the rest still run.
     Notebooks run with the current directory as cwd, so relative paths like `probes/` resolve.
+    A notebook whose inputs (`clipkit.report.cache`) are those of its last good run is not executed
+    unless `force`; up to `jobs` notebooks (default min(2, cores)) run at once.
     """
     if not models:
         raise ValueError("no model given: pass at least one model spec (e.g. --model clipkit-tiny)")
@@ -86,138 +89,121 @@ def run_reports(models: list[str], notebooks: list[str | Path] | None = None, ou
             raise ValueError(f"model specs {other!r} and {spec!r} share the folder {slugify(spec)!r}")
         if slugify(spec) == EXPERIMENTS:
             raise ValueError(f"model spec {spec!r} would write into reports/{EXPERIMENTS}/, kept for experiments")
-    summary, counter = ReportSummary(), [0, len(slugs) * len(nbs)]
-    for slug, spec in slugs.items():
-        _run_folder(Path(out_root) / slug, spec, nbs, declared, parameters or {}, summary, counter,
-                    kernel or DEFAULT_KERNEL, timeout_per_cell, html, hide_code)
+    folders = [_Folder(Path(out_root) / slug, spec) for slug, spec in slugs.items()]
+    summary = _run_all(folders, nbs, declared, parameters or {}, Options(
+        kernel or DEFAULT_KERNEL, timeout_per_cell, html, hide_code, _jobs(jobs), force, stream=False))
     summary.index = build_index(out_root)
     return summary
 
 
 def run_experiments(notebooks: list[str | Path] | None = None, out_root="reports", parameters: dict | None = None,
                     timeout_per_cell: int = 7200, kernel: str | None = None, html: bool = True,
-                    hide_code: bool = False) -> ReportSummary:
+                    hide_code: bool = False, jobs: int | None = None, force: bool = False) -> ReportSummary:
     """Execute the experiment notebooks (default notebooks/experiment_*.ipynb) into
     `out_root/experiments/`, then rebuild the index. They train their own models (kept under
-    their RUN_ROOT parameter, reused when the config is unchanged), so they take no MODEL."""
+    their RUN_ROOT parameter, reused when the config is unchanged), so they take no MODEL.
+    The execution cache, `jobs` and `force` work as in `run_reports`."""
     nbs = _find_notebooks(notebooks, EXPERIMENT_NOTEBOOKS)
     declared = _check_parameters(nbs, parameters or {})
-    summary = ReportSummary()
-    _run_folder(Path(out_root) / EXPERIMENTS, None, nbs, declared, parameters or {}, summary, [0, len(nbs)],
-                kernel or DEFAULT_KERNEL, timeout_per_cell, html, hide_code)
+    # experiments stream the kernel's stderr (training progress) to ours: a cell may train for minutes
+    summary = _run_all([_Folder(Path(out_root) / EXPERIMENTS, None)], nbs, declared, parameters or {}, Options(
+        kernel or DEFAULT_KERNEL, timeout_per_cell, html, hide_code, _jobs(jobs), force, stream=True))
     summary.index = build_index(out_root)
     return summary
 
 
-def _run_folder(folder: Path, spec, nbs, declared, parameters, summary, counter, kernel, timeout, html, hide_code):
-    """Run `nbs` into `folder` (for model `spec`, or experiments when spec is None), recording each
-    notebook in folder/run.json as soon as it ends."""
-    cwd = Path.cwd()
+def _jobs(jobs: int | None) -> int:
+    if jobs is None:
+        return DEFAULT_JOBS
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"jobs must be a whole number >= 1 (notebooks run at once), got {jobs!r}")
+    return jobs
+
+
+@dataclass
+class _Folder:
+    """One output folder (a model's, or experiments when spec is None) and its run.json record."""
+    path: Path
+    spec: str | None
+    entries: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.spec if self.spec is not None else EXPERIMENTS
+
+    def load(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        run = read_json(self.path / "run.json") or {}
+        same = run.get("model") == self.spec if self.spec is not None else run.get("kind") == EXPERIMENTS
+        self.entries = run.get("notebooks", {}) if same else {}
+
+
+def _run_all(folders: list[_Folder], nbs, declared, parameters, opt: Options) -> ReportSummary:
+    """Run every (folder, notebook) task, up to opt.jobs at once, each folder's run.json rewritten
+    as soon as any of its notebooks ends (under a lock: one writer at a time)."""
     found = versions(extra=("papermill",))   # from package metadata: torch is not imported here
     meta = {"versions": found, "git": found["git_revision"]}
-    head = {"model": spec} if spec is not None else {"kind": EXPERIMENTS}
-    folder.mkdir(parents=True, exist_ok=True)
-    run = read_json(folder / "run.json") or {}
-    same = run.get("model") == spec if spec is not None else run.get("kind") == EXPERIMENTS
-    entries = run.get("notebooks", {}) if same else {}
-    label = spec if spec is not None else EXPERIMENTS
-    for nb in nbs:
-        counter[0] += 1
-        # A start line and a full result line: the kernel's own stderr may print in between.
-        tag = f"[clipkit report] ({counter[0]}/{counter[1]}) {label} {nb.name} ..."
-        print(tag, file=sys.stderr, flush=True)
+    for f in folders:
+        f.load()
+    tasks = [(f, nb) for f in folders for nb in nbs]
+    lock, started, results = threading.Lock(), [0], [None] * len(tasks)
+
+    def one(i: int) -> None:
+        folder, nb = tasks[i]
+        with lock:
+            started[0] += 1
+            # A start line and a full result line: the kernel's own stderr may print in between.
+            tag = f"[clipkit report] ({started[0]}/{len(tasks)}) {folder.label} {nb.name}"
+            old = dict(folder.entries.get(nb.stem, {}))
         params = {k: v for k, v in parameters.items() if k in declared[nb]}
-        given = ({"MODEL": spec} if spec is not None else {}) | params
-        # experiments stream the kernel's stderr (training progress) to ours: a cell may train for minutes
-        e = _run_one(nb, folder, given, kernel, timeout, html, hide_code, cwd, entries.get(nb.stem, {}),
-                     stream=spec is None)
-        e.update(parameters=params, git=meta["git"])
-        entries[nb.stem] = e
-        if e["status"] == "ok":
-            print(f"{tag} ok in {e['seconds']:.1f}s", file=sys.stderr, flush=True)
-            summary.ok.append({"model": label, "notebook": str(nb), "path": str(folder / f"{nb.stem}.ipynb"),
-                               "error": None})
-        else:  # no failed notebook only if papermill could not even start writing one
-            path = str(folder / e["failed_notebook"]) if e["failed_notebook"] else None
-            print(f"{tag} FAILED (see {path or e['error'].splitlines()[0]})", file=sys.stderr, flush=True)
-            summary.failed.append({"model": label, "notebook": str(nb), "path": path, "error": e["error"]})
-        # Rewritten after every notebook so an interrupted run still leaves an accurate record.
-        atomic_write_json(folder / "run.json",
-                          {**head, "slug": folder.name, "updated": now(), **meta, "notebooks": entries})
+        given = ({"MODEL": folder.spec} if folder.spec is not None else {}) | params
+        try:
+            key = inputs_key(nb, given, {"kernel": opt.kernel, "html": opt.html, "hide_code": opt.hide_code})
+        except Exception as exc:  # an unreadable input: run the notebook, which will say what is wrong
+            key = None
+            print(f"{tag}: cannot key its inputs ({type(exc).__name__}: {exc}); running it", file=sys.stderr)
+        why = ["--force"] if opt.force else changed(old.get("inputs"), key) if key else ["inputs unknown"]
+        if not why and old.get("status") in ("ok", "cached") and _outputs_exist(folder.path, nb.stem, old, opt.html):
+            e = {**old, "status": "cached"}   # seconds and finished stay those of the run that produced them
+            print(f"{tag} cached (inputs unchanged since {old.get('finished')})", file=sys.stderr, flush=True)
+        else:
+            print(f"{tag} ... ({', '.join(why) or 'last run failed or its outputs are missing'})",
+                  file=sys.stderr, flush=True)
+            e = run_notebook(nb, folder.path, given, opt, old)
+            e.update(inputs=key if e["status"] == "ok" else None)   # a failed run is never reused
+            print(f"{tag} ok in {e['seconds']:.1f}s" if e["status"] == "ok" else
+                  f"{tag} FAILED (see {folder.path / e['failed_notebook'] if e['failed_notebook'] else e['error'].splitlines()[0]})",
+                  file=sys.stderr, flush=True)
+        e.update(parameters=params, git=e.get("git") if e["status"] == "cached" else meta["git"])
+        with lock:
+            folder.entries[nb.stem] = e
+            # Rewritten after every notebook so an interrupted run still leaves an accurate record.
+            head = {"model": folder.spec} if folder.spec is not None else {"kind": EXPERIMENTS}
+            atomic_write_json(folder.path / "run.json", {**head, "slug": folder.path.name, "updated": now(),
+                                                         **meta, "notebooks": folder.entries})
+        results[i] = e
+
+    with kernel_threads(opt.jobs):
+        if opt.jobs == 1:
+            for i in range(len(tasks)):
+                one(i)
+        else:
+            with ThreadPoolExecutor(opt.jobs, thread_name_prefix="notebook") as pool:
+                for fut in [pool.submit(one, i) for i in range(len(tasks))]:
+                    fut.result()
+    summary = ReportSummary()
+    for (folder, nb), e in zip(tasks, results):  # in task order, whatever order they finished in
+        item = {"model": folder.label, "notebook": str(nb), "path": str(folder.path / f"{nb.stem}.ipynb"), "error": None}
+        if e["status"] == "failed":  # no failed notebook only if papermill could not even start writing one
+            item.update(path=str(folder.path / e["failed_notebook"]) if e["failed_notebook"] else None, error=e["error"])
+        {"ok": summary.ok, "cached": summary.cached, "failed": summary.failed}[e["status"]].append(item)
+    return summary
 
 
-def _run_one(nb, model_dir, params, kernel, timeout, want_html, hide_code, cwd, old, stream=False) -> dict:
-    """Execute one notebook; on success promote its outputs, on failure keep them aside."""
-    import papermill as pm
-    from nbconvert import HTMLExporter
-    from traitlets.config import Config
-
-    stem = nb.stem
-    # The notebook writes into a staging folder, not model_dir: a run that fails after calling
-    # record_metrics must not overwrite the metrics of the last good run.
-    staging = model_dir / f"_staging_{stem}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    # papermill writes the notebook itself (also while it runs, for a failure's partial notebook), so
-    # it gets a hidden name beside the target and is renamed into place: a rename is atomic.
-    tmp_nb, page = model_dir / f".{stem}.tmp.ipynb", None
-    failed_nb, failed_dir = model_dir / f"{stem}.failed.ipynb", model_dir / f"{stem}.failed"
-    entry = {"notebook": str(nb), "status": "ok", "seconds": None, "finished": None, "error": None,
-             "failed_notebook": None, "metrics": old.get("metrics", [])}
-    t0 = time.perf_counter()
-    try:
-        # request_save_on_cell_execute=True: papermill only writes the output itself on a cell
-        # error; on a timeout or dead kernel the partial notebook would be lost otherwise.
-        out = pm.execute_notebook(
-            str(nb), str(tmp_nb), parameters={**params, "OUT_DIR": str(staging)},
-            kernel_name=kernel, language="python", progress_bar=False, request_save_on_cell_execute=True,
-            execution_timeout=timeout, cwd=str(cwd), stderr_file=sys.stderr if stream else None,
-            config=Config(_KERNEL_CONFIG))
-        if want_html:
-            page = HTMLExporter(exclude_input=hide_code).from_notebook_node(out)[0]
-    except Exception as exc:  # anything: cell error, timeout, dead kernel, export failure
-        entry.update(status="failed", error=_describe(exc))
-        if tmp_nb.exists():
-            os.replace(tmp_nb, failed_nb)
-            entry["failed_notebook"] = failed_nb.name
-        shutil.rmtree(failed_dir, ignore_errors=True)
-        if any(staging.iterdir()):  # partial tables/plots help debugging; keep them aside
-            os.replace(staging, failed_dir)
-    else:
-        produced = _promote(staging, model_dir)
-        for stale in set(old.get("metrics", [])) - set(produced):  # a probe renamed or removed
-            (model_dir / stale).unlink(missing_ok=True)
-        entry["metrics"] = produced
-        os.replace(tmp_nb, model_dir / f"{stem}.ipynb")
-        if want_html:
-            atomic_write_text(model_dir / f"{stem}.html", page)
-        else:  # an HTML page from an older run would contradict the new notebook
-            (model_dir / f"{stem}.html").unlink(missing_ok=True)
-        failed_nb.unlink(missing_ok=True)
-        shutil.rmtree(failed_dir, ignore_errors=True)
-    finally:
-        tmp_nb.unlink(missing_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
-    entry.update(seconds=round(time.perf_counter() - t0, 2), finished=now())
-    return entry
-
-
-def _promote(staging: Path, model_dir: Path) -> list[str]:
-    """Move everything the notebook wrote into model_dir; return the metrics file names.
-
-    Folders (figures/) are merged file by file: other notebooks' files in them stay."""
-    names = []
-    for item in sorted(staging.iterdir()):
-        dest = model_dir / item.name
-        if item.is_dir() and not item.is_symlink():
-            dest.mkdir(exist_ok=True)
-            _promote(item, dest)
-            continue
-        if dest.is_dir() and not dest.is_symlink():
-            shutil.rmtree(dest)  # a file replacing a folder of the same name
-        os.replace(item, dest)
-        names += [item.name] if item.name.endswith(".metrics.json") else []
-    return names
+def _outputs_exist(folder: Path, stem: str, entry: dict, html: bool) -> bool:
+    """The last good run's notebook, metrics files (and page, when HTML is wanted) are all still there."""
+    names = [f"{stem}.ipynb", *entry.get("metrics", []), *([f"{stem}.html"] if html else [])]
+    return all((folder / n).is_file() for n in names)
 
 
 def _find_notebooks(notebooks, default: tuple[str, ...]) -> list[Path]:
@@ -266,15 +252,6 @@ def _declared(nb: Path) -> set[str]:
     return set()
 
 
-def _describe(exc: BaseException) -> str:
-    """Exception type and message (~20 lines); for a cell error, the end of the kernel's traceback."""
-    if hasattr(exc, "ename") and hasattr(exc, "traceback"):  # PapermillExecutionError
-        tb = _ANSI.sub("", "\n".join(exc.traceback)).splitlines()
-        return "\n".join([f"{type(exc).__name__}: {exc.ename}: {exc.evalue}"] + tb[-19:])
-    lines = _ANSI.sub("", f"{type(exc).__name__}: {exc}").splitlines()
-    return "\n".join(lines[:20])
-
-
 def parse_param(text: str) -> tuple[str, object]:
     """'KEY=VALUE' -> (KEY, literal VALUE), e.g. 'N=100' -> ('N', 100); a non-literal stays a string."""
     key, sep, value = text.partition("=")
@@ -306,10 +283,17 @@ def main(argv=None) -> int:
     ap.add_argument("--kernel", default=DEFAULT_KERNEL, help="Jupyter kernel (default python3)")
     ap.add_argument("--no-html", action="store_true", help="skip the HTML export")
     ap.add_argument("--hide-code", action="store_true", help="HTML without input cells")
+    ap.add_argument("--force", action="store_true",
+                    help="execute every notebook, even those whose inputs are unchanged since their last good run")
+    ap.add_argument("--jobs", type=int, default=DEFAULT_JOBS,
+                    help=f"notebooks run at once (default min(2, cores) = {DEFAULT_JOBS})")
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error(f"--jobs must be at least 1, got {args.jobs}")
     if not args.model and not args.experiments:
         ap.error("nothing to run: give --model SPEC (repeatable) and/or --experiments")
-    runs, opts = [], dict(kernel=args.kernel, html=not args.no_html, hide_code=args.hide_code)
+    runs, opts = [], dict(kernel=args.kernel, html=not args.no_html, hide_code=args.hide_code, jobs=args.jobs,
+                          force=args.force)
     params = dict(args.param)
     if args.model and args.experiments:   # one --param list for two notebook sets: each takes its own
         try:
@@ -328,7 +312,7 @@ def main(argv=None) -> int:
     if args.experiments:
         nbs = None if args.model else args.notebook
         runs.append(lambda: run_experiments(nbs, args.out, exp_params, args.timeout or 7200, **opts))
-    failed, index = [], None
+    failed, index, counts = [], None, [0, 0]
     for run in runs:
         try:
             s = run()
@@ -336,7 +320,10 @@ def main(argv=None) -> int:
             print(f"clipkit report: error: {e}", file=sys.stderr)
             return 2
         failed += s.failed
+        counts = [counts[0] + len(s.ok), counts[1] + len(s.cached)]
         index = s.index
+    print(f"[clipkit report] {counts[0]} executed, {counts[1]} cached (inputs unchanged; --force runs them), "
+          f"{len(failed)} failed", file=sys.stderr)
     for f in failed:
         print(f"[clipkit report] FAILED {f['model']} {Path(f['notebook']).name}: "
               f"{f['error'].splitlines()[0]} ({f['path']})", file=sys.stderr)
