@@ -153,8 +153,12 @@ def test_jsonl_items_run_through_the_engine_and_bad_images_are_counted(tmp_path,
     r = run_probe(spec, model, preprocess, tok)
     assert r.summary["n"] == 2 and r.table["chance"].tolist() == [0.5, pytest.approx(1 / 3)]
     assert set(r.breakdowns["colour"]["colour"]) == {"red", "blue"}
-    assert "skipped 1 of 3" in capsys.readouterr().err
-    with pytest.raises(SpecError, match="unreadable"):
+    err = capsys.readouterr().err
+    assert "skipped 1 of 3" in err and (r.summary["read"], r.summary["skipped"]) == (3, 1)
+    # one line for the bad image, naming it once and the option that allows it
+    (line,) = [x for x in err.splitlines() if "broken.png" in x]
+    assert line.count("broken.png") == 1 and "line 3" in line and "--option max_bad_fraction=0.5" in line
+    with pytest.raises(SpecError, match=r"1 of 3 images unreadable \(listed above\).*--option max_bad_fraction=0.34"):
         run_probe({**spec, "options": {"path": str(tmp_path / "items.jsonl")}}, model, preprocess, tok)
 
 
@@ -163,6 +167,9 @@ def test_jsonl_items_run_through_the_engine_and_bad_images_are_counted(tmp_path,
     ('{"image": "a.png", "captions": ["x"], "answer": 0}', "at least 2"),
     ('{"image": "a.png", "captions": ["x", "y"], "answer": 2}', "index into captions"),
     ("not json", "not JSON"),
+    ('{"image": "a.png", "captions": ["x", "y"], "answer": 0, "item": 7}', r"key\(s\) \['item'\] name columns"),
+    ('{"image": "../a.png", "captions": ["x", "y"], "answer": 0}', "outside .*allow_outside_root: true"),
+    ('{"image": "/etc/hostname", "captions": ["x", "y"], "answer": 0}', "outside .*allow_outside_root: true"),
 ])
 def test_jsonl_format_errors_name_the_line(tmp_path, line, match):
     (tmp_path / "x.jsonl").write_text(line + "\n")
