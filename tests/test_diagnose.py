@@ -293,3 +293,32 @@ def test_run_pointing_on_nano(nano):
     df = run_pointing(model, preprocess, tokenizer, n=6)
     assert len(df) == 6 and set(df["method"]) == {"patch", "gradcam"}
     assert df["accuracy"].between(0, 1).all() and (df["chance"] > 0).all()
+
+
+# --- the diagnosis in a probe's summary and saved JSON (clipkit probe --diagnose) --------------------
+def test_add_diagnosis_puts_the_three_numbers_into_the_saved_json(nano, tmp_path):
+    from clipkit.analysis.diagnose import add_diagnosis, diagnose_result, is_caption_choice
+    from clipkit.probes import load_spec, run_probe
+    model, preprocess, tokenizer = nano
+    result = run_probe(load_spec("counting", n=36, seed=3), model, preprocess, tokenizer, model_name="clipkit-nano")
+    before = {k: result.summary[k] for k in ("accuracy", "ci_low", "ci_high", "chance", "n")}
+    three = add_diagnosis(result, model, preprocess, tokenizer)
+    saved = json.loads(result.save(tmp_path).read_text())["metrics"]
+    for side in ("image_side", "text_side", "cross_modal"):
+        assert set(saved[side]) >= {"accuracy", "ci_low", "ci_high", "chance", "n"}, side
+        assert saved[side]["n"] > 0 and saved[side]["ci_low"] <= saved[side]["accuracy"] <= saved[side]["ci_high"]
+    assert saved["cross_modal"] == before and {k: saved[k] for k in before} == before   # flat keys untouched
+    assert saved["image_side"]["chance"] == pytest.approx(1 / 6, abs=0.1)             # six counts, K-way
+    assert saved["diagnosis"] == three["pattern"] == read_pattern(three)              # computed from the numbers
+    assert f"({saved['cross_modal']['accuracy']:.2f}" in saved["diagnosis"]
+    assert three == diagnose_result(result, model, preprocess, tokenizer, seed=3)      # the spec's seed by default
+    flat = result.metrics()
+    assert flat["image_side_accuracy"] == saved["image_side"]["accuracy"] and flat["accuracy"] == before["accuracy"]
+
+
+def test_add_diagnosis_leaves_other_kinds_alone():
+    from clipkit.analysis.diagnose import add_diagnosis, is_caption_choice
+    shift = SimpleNamespace(summary={"accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6, "chance": 0.1, "n": 10})
+    assert not is_caption_choice(shift) and add_diagnosis(shift, None, None, None) is None
+    assert set(shift.summary) == {"accuracy", "ci_low", "ci_high", "chance", "n"}
+    assert is_caption_choice(_binding_result(4))

@@ -234,6 +234,36 @@ def for_summary(three: dict) -> dict:
     return {**out, "diagnosis": three["pattern"]}
 
 
+def diagnose_result(result, model, preprocess, tokenizer, seed: int | None = None) -> dict:
+    """The diagnosis of a caption-choice result, JSON-safe: {"image_side", "text_side", "cross_modal"}
+    (each accuracy, ci_low, ci_high, chance, n; NaN as None) and "pattern", the sentence read from
+    them. seed: the split seed (default: the probe spec's seed)."""
+    seed = getattr(result.spec, "seed", 0) if seed is None else seed
+    out = for_summary(diagnose(result, model, preprocess, tokenizer, seed=seed or 0))
+    out["pattern"] = out.pop("diagnosis")
+    return out
+
+
+def is_caption_choice(result) -> bool:
+    """True for a result the diagnosis applies to: items (image, candidate captions) and a choice summary."""
+    summary = getattr(result, "summary", None)
+    return bool(getattr(result, "items", None)) and isinstance(summary, dict) and all(k in summary for k in KEYS)
+
+
+def add_diagnosis(result, model, preprocess, tokenizer, seed: int | None = None) -> dict | None:
+    """Put the diagnosis into a caption-choice result's summary (and so into the JSON its .save
+    writes, and into .metrics() as image_side_accuracy, ...): image_side, text_side, cross_modal
+    and the sentence as `diagnosis`. The flat keys the report index reads (accuracy, ci_low, ...)
+    are left as they are. Returns `diagnose_result`'s dict, or None for a result of another kind
+    (fine-grained, shift: no candidate captions to diagnose), which is left unchanged."""
+    if not is_caption_choice(result):
+        return None
+    three = diagnose_result(result, model, preprocess, tokenizer, seed=seed)
+    result.summary.update({side: three[side] for side in ("image_side", "text_side", "cross_modal")})
+    result.summary["diagnosis"] = three["pattern"]
+    return three
+
+
 def diagnosis_table(diagnoses: dict) -> pd.DataFrame:
     """One row per probe ({probe name: diagnose(...)}): the three accuracies, their CIs and chance, the sentence."""
     rows = []
