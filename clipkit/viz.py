@@ -254,3 +254,81 @@ def show(name: str, out_dir, fig=None) -> None:
         return
     save_figure(name, out_dir, fig)
     plt.show()
+
+
+# --- where the model looks (clipkit.evaluate.maps, clipkit.analysis.diagnose / pointing) ----------
+def overlay_rgb(image, map_, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """(H, W, 3) uint8: the image blended with a (rows, cols) map, upsampled by nearest neighbour
+    (each patch covers its pixels, as the pointing game reads it) and min-max scaled to the colormap.
+    alpha 0 gives the image unchanged, 1 the map alone; a flat map shows as the colormap's low end."""
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"opacity must be in [0, 1], got {alpha}")
+    img = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.float64)
+    m = np.asarray(map_, dtype=np.float64)
+    if m.ndim != 2 or img.ndim != 3:
+        raise ValueError(f"overlay needs an (H, W, 3) image and a (rows, cols) map, got {img.shape} and {m.shape}")
+    rows = (np.arange(img.shape[0]) * m.shape[0]) // img.shape[0]
+    cols = (np.arange(img.shape[1]) * m.shape[1]) // img.shape[1]
+    up = m[np.ix_(rows, cols)]
+    span = np.nanmax(up) - np.nanmin(up)
+    up = (up - np.nanmin(up)) / span if span > 0 else np.zeros_like(up)
+    colour = plt.get_cmap(cmap)(up)[..., :3] * 255                       # (H, W, 3)
+    return np.clip((1 - alpha) * img + alpha * colour, 0, 255).round().astype(np.uint8)
+
+
+def show_maps(images, maps, titles, alpha: float = 0.5, ncols: int = 4, size: float = 2.0):
+    """A grid of images with their maps overlaid (see `overlay_rgb`), e.g. each failure's true and
+    chosen caption side by side; the colour bar is per image (min to max of its own map)."""
+    if len(images) != len(maps) or len(images) != len(titles):
+        raise ValueError(f"show_maps needs as many maps and titles as images: {len(images)}, {len(maps)}, {len(titles)}")
+    return show_items([overlay_rgb(im, m, alpha) for im, m in zip(images, maps)], titles, ncols=ncols, size=size)
+
+
+def plot_layer_curves(curves: pd.DataFrame, ax=None):
+    """Held-out decodability per layer (clipkit.analysis.diagnose.probe_layer_curves): one line per
+    tower with its 95% CI band, chance dashed in the same colour."""
+    ax = ax or plt.subplots(figsize=(6, 3.4))[1]
+    for (tower, g), colour in zip(curves.groupby("tower", sort=False), ("#4C72B0", "#DD8452", "#55A868")):
+        g = g.sort_values("depth")
+        x = np.linspace(0, 1, len(g)) if len(g) > 1 else np.zeros(1)    # towers of different depths side by side
+        ax.plot(x, g["accuracy"], "o-", color=colour, label=f"{tower} tower")
+        ax.fill_between(x, g["ci_low"], g["ci_high"], color=colour, alpha=0.2)
+        ax.plot(x, g["chance"], "--", color=colour, linewidth=1)
+        for xi, name in zip(x, g["layer"]):
+            ax.annotate(name, (xi, 0.02), fontsize=6, rotation=90, color=colour, ha="center", va="bottom")
+    ax.set_xticks([0, 1], ["first block", "after projection"])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("held-out decodability (95% CI)")
+    ax.set_title("the factor, layer by layer (dashed: chance)", fontsize=9)
+    ax.legend(fontsize=7)
+    return ax
+
+
+def plot_diagnosis(table: pd.DataFrame, ax=None):
+    """Grouped bars per probe (clipkit.analysis.diagnose.diagnosis_table): image side, text side and
+    cross-modal accuracy with 95% CIs, each with its own chance as a dashed segment; unmeasured sides empty."""
+    sides = ("image_side", "text_side", "cross_modal")
+    ax = ax or plt.subplots(figsize=(1.9 * len(table) + 2, 3.4))[1]
+    width = 0.8 / len(sides)
+    for j, (side, colour) in enumerate(zip(sides, ("#4C72B0", "#DD8452", "#55A868"))):
+        x = np.arange(len(table)) - 0.4 + width * (j + 0.5)
+        acc = table[f"{side}_accuracy"].astype(float).to_numpy()
+        err = np.vstack([acc - table[f"{side}_ci_low"].astype(float), table[f"{side}_ci_high"].astype(float) - acc])
+        ax.bar(x, np.nan_to_num(acc), width, yerr=np.nan_to_num(err), capsize=2, color=colour,
+               label=side.replace("_", " "))
+        ax.hlines(table[f"{side}_chance"].astype(float), x - width / 2, x + width / 2, colors="black",
+                  linestyles="dashed", linewidth=1)
+    ax.set_xticks(np.arange(len(table)), table["probe"])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy (95% CI)")
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.set_title("where the failure lives: image side, text side, the match (dashed: chance)", fontsize=9)
+    return ax
+
+
+def plot_pointing(table: pd.DataFrame, ax=None):
+    """Pointing-game accuracy per (scene kind, map method) with CIs, against its area-fraction chance
+    (clipkit.analysis.pointing.run_pointing); methods the model lacks are left out."""
+    t = table.dropna(subset=["accuracy"])
+    return plot_breakdown(t.assign(scene=t["kind"] + "\n" + t["method"]), "scene", ax=ax,
+                          title="pointing game: the map's peak on the named object (dashed: area chance)")

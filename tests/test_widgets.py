@@ -256,6 +256,79 @@ def test_failure_browser_filters_and_steps(nano_loaded):
     assert fb.index.value == 2   # clamped at the last item
 
 
+# --- maps over the image -------------------------------------------------------------------------
+def _pixels(png_data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png_data)).convert("RGB")).astype(int)
+
+
+def test_overlay_rgb_blends_a_nearest_upsampled_map():
+    from clipkit import viz
+    img = np.full((8, 8, 3), 100, dtype=np.uint8)
+    m = np.zeros((2, 2))
+    m[0, 1] = 1.0                                            # the top-right patch peaks
+    np.testing.assert_array_equal(viz.overlay_rgb(img, m, 0.0), img)
+    full = viz.overlay_rgb(img, m, 1.0)
+    top = np.round(np.array(viz.plt.get_cmap("jet")(1.0)[:3]) * 255)
+    low = np.round(np.array(viz.plt.get_cmap("jet")(0.0)[:3]) * 255)
+    assert (full[:4, 4:] == top).all() and (full[:4, :4] == low).all() and (full[4:] == low).all()
+    half = viz.overlay_rgb(img, m, 0.5)
+    np.testing.assert_allclose(half[0, 7], (100 + top) / 2, atol=0.51)
+    with pytest.raises(ValueError, match="opacity must be in"):
+        viz.overlay_rgb(img, m, 1.5)
+
+
+def test_caption_scorer_map_follows_the_slider_and_the_caption(nano_loaded):
+    from clipkit import viz
+    from clipkit.evaluate.maps import caption_maps
+    s = CaptionScorer(nano_loaded, gallery=widgets.synthetic_gallery(2))
+    model, preprocess, tokenizer = nano_loaded.parts
+    assert s.overlay.caption.value == s.true_caption == "three red circles"
+    direct = caption_maps(model, preprocess, tokenizer, [s.image], s.true_caption, method="patch")[0]
+    np.testing.assert_allclose(s.overlay.map, direct, atol=1e-6)          # the patch map of the true caption
+    side = s.image_side
+    enlarged = s.image.convert("RGB").resize((side, side), Image.NEAREST)
+    s.overlay.opacity.value = 0.0
+    np.testing.assert_array_equal(_pixels(s.view.value), np.asarray(enlarged))   # the image alone
+    s.overlay.opacity.value = 1.0
+    opaque = _pixels(s.view.value)
+    np.testing.assert_array_equal(opaque, viz.overlay_rgb(enlarged, direct, 1.0))
+    s.overlay.opacity.value = 0.5
+    half = _pixels(s.view.value)
+    assert (np.abs(half - (np.asarray(enlarged) + opaque) / 2) <= 1).all() and (half != opaque).any()
+    other = parse_captions(s.captions.value)[1]
+    s.overlay.caption.value = other                                       # another caption's map
+    np.testing.assert_allclose(s.overlay.map, caption_maps(model, preprocess, tokenizer, [s.image], other,
+                                                          method="patch")[0], atol=1e-6)
+    assert (_pixels(s.view.value) != half).any()
+    s.captions.value += "\na blue star"                                   # typing keeps the chosen map
+    assert s.overlay.caption.value == other and "a blue star" in s.overlay.caption.options
+    s.count.value = 5                                                     # a new image: the true caption's map
+    assert s.overlay.caption.value == "five red circles"
+    assert "peaks" in s.overlay.note.value
+
+
+def test_models_without_a_map_say_why_and_still_show_the_image():
+    s = CaptionScorer(oracle(), gallery=widgets.synthetic_gallery(2))
+    assert s.overlay.map is None and "maps are not available" in s.overlay.note.value
+    s.overlay.opacity.value = 0.9                                         # the slider changes nothing to draw
+    np.testing.assert_array_equal(_pixels(s.view.value),
+                                  np.asarray(s.image.convert("RGB").resize((216, 216), Image.NEAREST)))
+
+
+def test_failure_browser_maps_each_items_true_caption(nano_loaded):
+    result = run_probe(load_spec("counting", n=18), *nano_loaded.parts, model_name="clipkit-nano")
+    fb = FailureBrowser(result, model=nano_loaded)
+    item = result.items[int(fb.rows.iloc[0]["item"])]
+    assert fb.overlay.caption.value == item.captions[item.answer] and list(fb.overlay.caption.options) == item.captions
+    first, before = fb.overlay.map.copy(), fb.view.value
+    fb.overlay.opacity.value = 0.0
+    assert fb.view.value != before
+    fb._step(+1)
+    nxt = result.items[int(fb.rows.iloc[1]["item"])]
+    assert fb.overlay.caption.value == nxt.captions[nxt.answer] and not np.allclose(fb.overlay.map, first)
+    assert FailureBrowser(result).overlay.map is None        # no model given: the image only
+
+
 # --- the notebook -------------------------------------------------------------------------------
 def test_explore_notebook_is_committed_clean():
     nb = nbformat.read(REPO / "notebooks" / "explore.ipynb", as_version=4)

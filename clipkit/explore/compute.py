@@ -1,14 +1,16 @@
 """The computations behind the explorer widgets (clipkit.explore.widgets), free of ipywidgets: caption
 probabilities, nearest images, item filters, the scene composer, safe decoding of uploads, HTML
-bars, and a loaded model that caches caption features.
+bars, map overlays, and a loaded model that caches caption features and caption maps.
 
 Scoring stays interactive on a CPU: an image is encoded once when it changes and each distinct
 caption once per model (`LoadedModel` keeps an LRU of caption features), so typing a line
-re-encodes only that line.
+re-encodes only that line. A caption's map (clipkit.evaluate.maps, method "auto": the patch-token
+map on a ViT, Grad-CAM on a ResNet) is computed once per (image, caption) and kept likewise.
 """
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 from collections import OrderedDict
@@ -20,7 +22,9 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clipkit.world import synth
+from clipkit import viz
 from clipkit.evaluate import encode_images, encode_texts
+from clipkit.evaluate.maps import available_methods, caption_maps
 from clipkit.models import load_model
 
 # CLIP's logit scale (1 / temperature) is learned but clipped at 100 (Radford et al. 2021, sec. 2.5), where the
@@ -29,8 +33,10 @@ CLIP_SCALE = 100.0
 MAX_UPLOAD_BYTES = 20 << 20  # refuse larger uploads before decoding them
 GALLERY_SEED = 9_000_000    # gallery scene seeds: away from probe seeds (< 1e7) and the training corpus (>= 1e7)
 TEXT_CACHE = 2048           # caption features kept per model
-ENGINE_COLUMNS = {"item", "answer", "pred", "correct", "credit", "chance", "margin", "true_caption",
-                  "chosen_caption"}  # ProbeResult.table columns that are not factors
+MAP_CACHE = 256             # (image, caption) maps kept per model
+ENGINE_COLUMNS = {"item", "item_id", "cluster", "answer", "pred", "n_tied", "best", "correct", "credit", "chance",
+                  "margin", "true_caption", "chosen_caption",
+                  "caption_only_credit"}  # ProbeResult.table columns that are not factors (the engine's RESERVED)
 ANY = "(any)"
 
 
@@ -143,6 +149,23 @@ def png_bytes(img: Image.Image, side: int | None = None) -> bytes:
     return buf.getvalue()
 
 
+def centre_square(img: Image.Image) -> Image.Image:
+    """The central square of `img`: what the model's resize + centre crop sees, so a map drawn on it lines up."""
+    s = min(img.size)
+    left, top = (img.width - s) // 2, (img.height - s) // 2
+    return img.crop((left, top, left + s, top + s))
+
+
+def overlay_png(img: Image.Image, map_=None, opacity: float = 0.5, side: int | None = None) -> bytes:
+    """PNG bytes of `img` (its central square, when a map is given) with `map_` blended in at `opacity`
+    (clipkit.viz.overlay_rgb); without a map, the image as `png_bytes` gives it."""
+    if map_ is None:
+        return png_bytes(img, side)
+    square = centre_square(img.convert("RGB"))
+    if side and max(square.size) < side:            # enlarge first: the patches stay crisp squares
+        square = square.resize((side, side), Image.NEAREST)
+    return png_bytes(Image.fromarray(viz.overlay_rgb(square, map_, opacity)), side)
+
 def _img_tag(img: Image.Image, side: int) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(png_bytes(img, side)).decode()}">'
 
@@ -160,6 +183,7 @@ class LoadedModel:
     preprocess: object
     tokenizer: object
     _text: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _maps: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
     @property
     def parts(self) -> tuple:
@@ -181,6 +205,23 @@ class LoadedModel:
         while len(self._text) > TEXT_CACHE:
             self._text.popitem(last=False)
         return out
+
+    def caption_map(self, image: Image.Image, caption: str, method: str = "auto") -> tuple[np.ndarray | None, str]:
+        """(map (rows, cols), "") of `caption` on `image`, or (None, the one-line reason) where the
+        model has no such map (no patch tokens and no vision tower it knows); cached per (image, caption)."""
+        why = available_methods(self.model)
+        if method == "auto":
+            method = "patch" if not why["patch"] else "gradcam"
+        if why.get(method):
+            return None, why[method]
+        key = (hashlib.sha1(image.tobytes()).hexdigest(), image.size, caption, method)
+        if key not in self._maps:
+            self._maps[key] = caption_maps(self.model, self.preprocess, self.tokenizer, [image], caption,
+                                           method=method)[0]
+            while len(self._maps) > MAP_CACHE:
+                self._maps.popitem(last=False)
+        self._maps.move_to_end(key)
+        return self._maps[key], ""
 
 
 def as_loaded(model, spec: str = "") -> LoadedModel:

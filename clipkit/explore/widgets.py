@@ -7,6 +7,9 @@ Three widgets over one shared model picker, each a class with a `.widget` to dis
     TextSearch(picker).widget       # typed text -> the top-k gallery images
     FailureBrowser(result).widget   # a ProbeResult's items, filtered by factor: image, true vs chosen caption
 
+The scorer and the browser draw their image through a MapOverlay: where the model looks for a caption
+(patch-token map on a ViT, Grad-CAM on a ResNet), the caption from a dropdown, opacity from a slider.
+
 The numbers are plain functions on features in clipkit.explore.compute (`caption_probabilities`, `top_k`,
 `filter_items`, ...), tested without a browser and re-exported here.
 """
@@ -21,7 +24,7 @@ from PIL import Image
 from clipkit.world import synth
 from clipkit.explore.compute import (ANY, CLIP_SCALE, ENGINE_COLUMNS, Gallery, LoadedModel, _error,
                                              _img_tag, as_loaded, caption_probabilities, compose_scene,
-                                             decode_image, filter_items, parse_captions, png_bytes,
+                                             decode_image, filter_items, overlay_png, parse_captions, png_bytes,
                                              probability_html, scene_captions, synthetic_gallery, top_k)
 from clipkit.models import DEFAULT_MODEL, PRESETS, load_model
 
@@ -82,6 +85,46 @@ def _picker(model) -> ModelPicker:
     return model if isinstance(model, ModelPicker) else ModelPicker(model)
 
 
+class MapOverlay:
+    """An image with one caption's map over it: `caption` picks the caption, `opacity` blends the map in."""
+
+    def __init__(self, side: int = 216, opacity: float = 0.5):
+        self.side, self.loaded, self.image, self.map, self._updating = side, None, None, None, False
+        self.view = W.Image(format="png", layout=W.Layout(width=f"{side}px", align_self="flex-start"))
+        self.caption = W.Dropdown(options=[], description="map of", layout=W.Layout(width=f"{max(side, 320)}px"))
+        self.opacity = W.FloatSlider(opacity, min=0.0, max=1.0, step=0.05, description="map opacity")
+        self.note = W.HTML()
+        self.caption.observe(lambda _: self._compute(), "value")
+        self.opacity.observe(lambda _: self.draw(), "value")
+        self.widget = W.VBox([self.view, self.caption, self.opacity, self.note])
+
+    def set(self, image, loaded: LoadedModel | None = None, captions=(), default=None, keep: bool = True) -> None:
+        """Show `image` and, with a model, the map of one of `captions` (kept if offered, else `default`)."""
+        self.image, self.loaded = image, loaded
+        captions = list(dict.fromkeys(captions))
+        pick = [c for c in ((self.caption.value if keep else None), default) if c in captions] + captions[:1]
+        self._updating = True                # new options must not compute maps for passing values
+        self.caption.options, self.caption.value = captions, (pick[0] if pick else None)
+        self._updating = False
+        self._compute()
+
+    def _compute(self) -> None:
+        if self._updating:
+            return
+        self.map, why = None, ""
+        if self.image is not None and self.loaded is not None and self.caption.value:
+            try:
+                self.map, why = self.loaded.caption_map(self.image, self.caption.value)
+            except Exception as e:  # a model that cannot map this input: say so, keep the image
+                why = f"map failed: {type(e).__name__}: {e}"
+        self.note.value = _error(why) if why else "" if self.map is None else "red: where this caption's map peaks"
+        self.draw()
+
+    def draw(self) -> None:
+        """Redraw the image with the map at the slider's opacity."""
+        self.view.value = overlay_png(self.image, self.map, self.opacity.value, self.side) if self.image else b""
+
+
 # --- widgets ------------------------------------------------------------------------------------
 class CaptionScorer:
     """One image against candidate captions, live: P(caption | image) as bars, updated on every edit.
@@ -131,8 +174,8 @@ class CaptionScorer:
         self.tabs = W.Tab([W.VBox(list(controls)), gallery_box, W.VBox([self.upload, self.upload_status])],
                           titles=self.SOURCES)
         self.tabs.observe(self._on_tab, "selected_index")
-        self.view = W.Image(format="png", layout=W.Layout(width=f"{image_side}px", align_self="flex-start"))
-        self.view_caption = W.HTML()
+        self.overlay = MapOverlay(image_side)
+        self.view, self.view_caption = self.overlay.view, W.HTML()
         self.captions = W.Textarea("\n".join(captions or []), rows=6, continuous_update=live,
                                    placeholder="candidate captions, one per line", layout=W.Layout(width="420px"))
         self.captions.add_class("clipkit-captions")
@@ -145,7 +188,7 @@ class CaptionScorer:
         self.picker.on_change(lambda _: self._new_model())
 
         self.widget = W.VBox(([self.picker.widget] if own_picker else []) + [
-            W.HBox([self.tabs, W.VBox([self.view, self.view_caption])]),
+            W.HBox([self.tabs, W.VBox([self.overlay.widget, self.view_caption])]),
             W.HBox([W.VBox([self.captions, self.suggest]), W.VBox([self.probs, self.status])])])
         self._compose()
         if not captions:
@@ -171,7 +214,7 @@ class CaptionScorer:
         """Score `image` (the true caption is known when its synthetic `scene` is given)."""
         self.image, self.scene, self._feature = image, scene, None
         self.true_caption = synth.caption(scene) if scene is not None else None
-        self.view.value = png_bytes(image, self.image_side)
+        self.overlay.set(image)
         what = f"true caption: <b>{html.escape(self.true_caption)}</b>" if self.true_caption else "(no caption known)"
         self.view_caption.value = f"{html.escape(label)} &mdash; {what}"
         self.suggest.disabled = scene is None
@@ -199,6 +242,7 @@ class CaptionScorer:
             self.probs.value, self.scores = "", None
             return
         self.status.value = ""
+        self.overlay.set(self.image, loaded, captions, default=self.true_caption)
         self.scores = pd.DataFrame({"caption": captions, "probability": p, "cosine": cos,
                                     "true": [c == self.true_caption for c in captions]})
         self.probs.value = probability_html(captions, p, cos, self.true_caption, self.scale)
@@ -291,14 +335,15 @@ class FailureBrowser:
         prev.on_click(lambda _: self._step(-1))
         nxt.on_click(lambda _: self._step(+1))
         self.summary, self.details, self.scores = W.HTML(), W.HTML().add_class("clipkit-failure"), W.HTML()
-        self.view = W.Image(format="png", layout=W.Layout(width=f"{image_side}px", align_self="flex-start"))
+        self.overlay = MapOverlay(image_side)
+        self.view = self.overlay.view    # the image as drawn, map included
         self.factor.observe(lambda _: self._levels(), "value")
         self.level.observe(lambda _: self.refresh(), "value")
         self.only_failures.observe(lambda _: self.refresh(), "value")
         self.index.observe(lambda _: self.show(), "value")
         self.widget = W.VBox([W.HBox([self.factor, self.level, self.only_failures]), self.summary,
                               W.HBox([self.index, prev, nxt]),
-                              W.HBox([self.view, W.VBox([self.details, self.scores])])])
+                              W.HBox([self.overlay.widget, W.VBox([self.details, self.scores])])])
         self.refresh()
 
     def refresh(self) -> None:
@@ -316,12 +361,14 @@ class FailureBrowser:
     def show(self) -> None:
         """Show the item at the slider's position within the filtered rows."""
         if not len(self.rows):
-            self.view.value, self.details.value, self.scores.value = b"", "<i>no items match</i>", ""
+            self.overlay.set(None)
+            self.details.value, self.scores.value = "<i>no items match</i>", ""
             return
         self.scores.value = ""
         row = self.rows.iloc[min(self.index.value, len(self.rows) - 1)]
         item = self.result.items[int(row["item"])] if int(row["item"]) < len(self.result.items) else None
-        self.view.value = png_bytes(item.image, self.image_side) if item is not None else b""
+        self.overlay.set(item and item.image, self.loaded, item.captions if item else (),
+                         default=item and item.captions[item.answer], keep=False)
         facts = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(row[k]))}</td></tr>"
                         for k in self.factor.options[1:])
         verdict = '<span style="color:#2e7d32">correct</span>' if row["correct"] else _error("wrong")
