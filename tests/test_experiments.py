@@ -100,7 +100,7 @@ def test_train_arms_retrains_when_the_config_changes(tmp_path):
 def test_probe_arms_paired_tests_and_findings(two_arms):
     _, _, trained = two_arms
     summary, items = ex.probe_arms(trained, probes=("counting", "binding"), n=12, retrieval_n=20,
-                                   shift={"n_test": 8, "n_train": 40, "shifts": ["grayscale"], "severities": [3]})
+                                   shift={"n": 8, "n_train": 40, "shifts": ["grayscale"], "severities": [3]})
     assert set(summary["probe"]) == {"counting", "binding", "retrieval", "shift-id", "shift-ood"}
     assert len(summary) == 10 and summary["n"].gt(0).all()
     assert summary.set_index(["arm", "probe"]).loc[("plain", "binding"), "chance"] == pytest.approx(0.5)

@@ -10,7 +10,7 @@ import torch
 
 from clipkit.probes import SpecError, load_spec
 from clipkit.analysis.robustness import effective_robustness_of as effective_robustness
-from clipkit.probes.shift import conditions, load_shift_spec, run_shift, summarise
+from clipkit.probes.shift import conditions, run_shift, summarise
 from clipkit.analysis.robustness import IN_DISTRIBUTION
 from conftest import BlindImageModel
 
@@ -83,11 +83,11 @@ def test_spec_errors(spec, match):
         load_spec(spec)
 
 
-def test_shipped_spec_and_the_flat_keyword_form():
+def test_shipped_spec_and_overrides():
     s = load_spec("shift")
     assert s.options.family == "shape" and s.n >= 100 and len(conditions(s)) > 20
-    flat = load_shift_spec("shift", n_test=8, seed=3, severities=[3])   # analysis.experiments' form
-    assert flat.n == 8 and flat.seed == 3 and flat.options.severities == [3] and flat.options.n_train == 400
+    o = load_spec("shift", n=8, seed=3, options={"severities": [3]})   # analysis.experiments' form
+    assert o.n == 8 and o.seed == 3 and o.options.severities == [3] and o.options.n_train == 400
 
 
 def test_run_on_nano(nano, tmp_path):

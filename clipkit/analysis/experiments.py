@@ -4,13 +4,15 @@ The experiment notebooks (notebooks/experiment_*.ipynb) call this module. An exp
 training config plus arms, each arm a few TrainConfig fields that differ from the base. Every arm
 is trained with `clipkit.train.loop.train` (the same loop as `clipkit train`) for each seed, then the
 same held-out probe items and retrieval scenes are put to every model, so arms can be compared
-item by item (exact McNemar) as well as by their bootstrap CIs.
+item by item (paired on item identity: clipkit.analysis.compare.paired_test, a cluster sign-flip test
+that is exact McNemar when items are independent) as well as by their exact CIs.
 
 Trained arms are cached in `run_root/<arm>-seed<k>/`: a rerun with the same config reuses the
 model, and an interrupted arm resumes from its last checkpoint. Probe items use the held-out
 seed, never a training seed.
 
-What the CIs cover: item sampling (bootstrap over probe items), not training randomness. Only
+What the CIs cover: item sampling (exact Clopper-Pearson over probe items; Korn-Graubard over scenes
+where items share one: mirrored spatial pairs, the shift conditions of one scene), not training randomness. Only
 several seeds per arm (`seeds=`) show how much a conclusion depends on the initialisation and the
 data order; the summary then holds one row per (arm, seed) and `seed_spread` the spread.
 """
@@ -186,12 +188,14 @@ def probe_arms(trained: pd.DataFrame, probes=PROBES, n: int = 300, retrieval_n: 
     """Put the same held-out probe items (and retrieval scenes) to every trained model.
 
     Returns (summary, items). summary: one row per (arm, seed, probe) with accuracy, ci_low,
-    ci_high, chance, n, verdict. items: arm, seed, probe, item, correct — for paired tests.
+    ci_high, chance, n, verdict. items: arm, seed, probe, item, item_id, cluster, correct, credit —
+    for paired tests (paired_tests pairs on item_id and flips whole clusters).
     Retrieval is caption->image recall@1 over `retrieval_n` held-out scenes (identical captions
-    count as hits; chance accounts for them); its CI is a bootstrap over captions.
-    `shift` (overrides of probes/shift.yaml, e.g. {"n_test": 150, "severities": [3]}) adds the
-    zero-shot shape classification in distribution ("shift-id") and pooled over every shifted
-    condition ("shift-ood"); items are (condition, scene) pairs.
+    count as hits; chance accounts for them); its CI is the exact one over captions.
+    `shift` (options of probes/shift.yaml, plus `n` for its test scenes, e.g. {"n": 150, "severities": [3]})
+    adds the zero-shot shape classification in distribution ("shift-id") and pooled over every shifted
+    condition ("shift-ood"); items are (condition, scene) pairs, clustered by scene: the conditions
+    of one scene are not independent questions.
     """
     from clipkit.models import load_model
     from clipkit.probes import load_spec, run_probe
@@ -205,19 +209,31 @@ def probe_arms(trained: pd.DataFrame, probes=PROBES, n: int = 300, retrieval_n: 
             summary.append({"arm": row.arm, "seed": row.seed, "probe": spec.name,
                             **{k: s[k] for k in ("accuracy", "ci_low", "ci_high", "chance", "n", "verdict")}})
             items.append(pd.DataFrame({"arm": row.arm, "seed": row.seed, "probe": spec.name,
-                                       "item": r.table["item"], "correct": r.table["correct"].astype(bool)}))
+                                       **{k: r.table[k] for k in ("item", "item_id", "cluster", "credit")},
+                                       "correct": r.table["correct"].astype(bool)}))
         if shift is not None:
-            for name, hits, keys, chance in shift_hits(model, preprocess, tokenizer, shift, seed):
-                summary.append({"arm": row.arm, "seed": row.seed, "probe": name, **stats.accuracy_summary(hits, chance)})
+            for name, hits, keys, chance, scene in shift_hits(model, preprocess, tokenizer, shift, seed):
+                clusters = scene if len(set(scene)) < len(scene) else None   # shift-ood: a scene per condition
+                summary.append({"arm": row.arm, "seed": row.seed, "probe": name,
+                                **_short(stats.accuracy_summary(hits, chance, clusters=clusters))})
                 items.append(pd.DataFrame({"arm": row.arm, "seed": row.seed, "probe": name, "item": keys,
-                                           "correct": hits}))
+                                           "item_id": keys, "cluster": scene, "correct": hits,
+                                           "credit": hits.astype(float)}))
         if retrieval_n:
             hits, chance = retrieval_hits(model, preprocess, tokenizer, n=retrieval_n, seed=seed)
             summary.append({"arm": row.arm, "seed": row.seed, "probe": RETRIEVAL,
-                            **stats.accuracy_summary(hits, chance)})
+                            **_short(stats.accuracy_summary(hits, chance))})
             items.append(pd.DataFrame({"arm": row.arm, "seed": row.seed, "probe": RETRIEVAL,
-                                       "item": np.arange(len(hits)), "correct": hits.astype(bool)}))
+                                       "item": np.arange(len(hits)),
+                                       "item_id": [f"caption{i}" for i in range(len(hits))],
+                                       "cluster": np.arange(len(hits)), "correct": hits.astype(bool),
+                                       "credit": hits.astype(float)}))
     return pd.DataFrame(summary), pd.concat(items, ignore_index=True)
+
+
+def _short(s: dict) -> dict:
+    """The summary columns every probe row has (accuracy, CI, chance, n, verdict)."""
+    return {k: s[k] for k in ("accuracy", "ci_low", "ci_high", "chance", "n", "verdict")}
 
 
 def retrieval_hits(model, preprocess, tokenizer, n: int, seed: int = HELD_OUT_SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -231,33 +247,41 @@ def retrieval_hits(model, preprocess, tokenizer, n: int, seed: int = HELD_OUT_SE
 
 
 def shift_hits(model, preprocess, tokenizer, overrides: dict, seed: int = HELD_OUT_SEED):
-    """[(name, correct, item keys, chance)] for zero-shot shape classification in distribution and
-    pooled over the shifted conditions of probes/shift.yaml (with `overrides`)."""
-    from clipkit.probes.shift import load_shift_spec, run_shift
+    """[(name, correct, item keys, chance, scene)] for zero-shot shape classification in distribution
+    and pooled over the shifted conditions of probes/shift.yaml. `overrides`: the spec's options,
+    plus `n` (test scenes) and `seed` (default: `seed`). `scene` is each item's scene (its cluster):
+    in "shift-ood" one scene appears once per condition."""
+    from clipkit.probes import load_spec
+    from clipkit.probes.shift import run_shift
     from clipkit.analysis.robustness import IN_DISTRIBUTION
-    r = run_shift(load_shift_spec("shift", **{"seed": seed, **overrides}), model, preprocess, tokenizer, cache=False)
+    opts = dict(overrides)
+    n = opts.pop("n", opts.pop("n_test", None))   # n_test: the old name, still read by saved notebooks
+    spec_seed = opts.pop("seed", seed)
+    r = run_shift(load_spec("shift", n=n, seed=spec_seed, options=opts), model, preprocess, tokenizer, cache=False)
     it, chance = r.items, float(r.summary["chance"])
     out = []
     for name, rows in (("shift-id", it[it["shift"] == IN_DISTRIBUTION]), ("shift-ood", it[it["shift"] != IN_DISTRIBUTION])):
         keys = rows["shift"] + "@" + rows["severity"].astype(str) + ":" + rows["item"].astype(str)
-        out.append((name, rows["zs_correct"].to_numpy(bool), keys.to_numpy(), np.full(len(rows), chance)))
+        out.append((name, rows["zs_correct"].to_numpy(bool), keys.to_numpy(), np.full(len(rows), chance),
+                    ("scene" + rows["item"].astype(str)).to_numpy()))
     return out
 
 
 def paired_tests(items: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Each arm against `baseline` on the same items, per probe and seed: accuracies, discordant
-    counts and the exact McNemar p-value (two-sided)."""
+    counts and the two-sided p-value of compare.paired_test (paired on item_id; whole clusters flipped
+    where items share a scene, e.g. shift-ood's conditions; exact McNemar where they do not)."""
     if baseline not in set(items["arm"]):
         raise ValueError(f"baseline arm {baseline!r} not among the arms {sorted(set(items['arm']))}")
     rows = []
     for (probe, seed), g in items.groupby(["probe", "seed"], sort=False):
         base = g[g["arm"] == baseline]
         for arm, h in g[g["arm"] != baseline].groupby("arm", sort=False):
-            t = paired_test(h, base)   # on `item`: the same held-out items were put to every arm
+            t = paired_test(h, base, probe=probe)   # on item_id: refused if the arms saw other items
             rows.append({"probe": probe, "seed": seed, "arm": arm, "baseline": baseline, "n": t["n"],
                          "acc_arm": t["acc_a"], "acc_baseline": t["acc_b"],
                          "diff": t["diff"], "arm_only_right": t["only_a"], "baseline_only_right": t["only_b"],
-                         "p_value": t["p_value"]})
+                         "p_value": t["p_value"], "n_clusters": t["n_clusters"]})
     return pd.DataFrame(rows)
 
 
@@ -285,7 +309,8 @@ def headline(summary: pd.DataFrame, paired: pd.DataFrame | None = None) -> dict:
 def findings(summary: pd.DataFrame, paired: pd.DataFrame, baseline: str, alpha: float = 0.05) -> str:
     """The result in words, computed from the tables (first seed): per probe, each arm's accuracy,
     CI and verdict against chance, then each arm's paired difference from the baseline with its
-    McNemar p. A difference is called one only when p < alpha / (number of tests) (Bonferroni)."""
+    paired p (McNemar, or the cluster sign-flip test where items share a scene). A difference is
+    called one only when p < alpha / (number of tests) (Bonferroni)."""
     s = summary[summary["seed"] == summary["seed"].min()]
     p = paired[paired["seed"] == paired["seed"].min()] if len(paired) else paired
     tests = max(1, len(p))
@@ -298,5 +323,11 @@ def findings(summary: pd.DataFrame, paired: pd.DataFrame, baseline: str, alpha: 
             sig = r.p_value < alpha / tests
             word = ("higher" if r.diff > 0 else "lower") if sig else "no detectable difference"
             lines.append(f"  - {r.arm} vs {baseline}: {r.diff:+.3f} ({r.arm_only_right} vs {r.baseline_only_right} "
-                         f"discordant items, McNemar p = {r.p_value:.2g}): **{word}** at alpha {alpha} / {tests} tests.")
+                         f"discordant items, {_test_name(r)} p = {r.p_value:.2g}): **{word}** at alpha {alpha} / {tests} tests.")
     return "\n".join(lines)
+
+
+def _test_name(row) -> str:
+    """The paired test's name: McNemar when every item is its own cluster (the sign-flip test is
+    McNemar's then), else the cluster sign-flip test."""
+    return "McNemar" if getattr(row, "n_clusters", row.n) == row.n else "cluster sign-flip"

@@ -54,12 +54,6 @@ class ShiftOptions:
             raise SpecError(f"option 'severities' must be a non-empty list of integers in 1..5, got {sev!r}")
 
 
-def load_shift_spec(spec, n_test: int | None = None, seed: int | None = None, **options) -> ProbeSpec:
-    """load_spec with flat keywords (n_test=..., seed=..., any option=...), as clipkit.analysis.experiments
-    passes its shift overrides; n_test is the common `n`."""
-    return load_spec(spec, n=n_test, seed=seed, options=options)
-
-
 def conditions(spec: ProbeSpec) -> list[tuple[str, int]]:
     """(shift, severity) pairs to run, ID first (severity 0); a shift runs only at severities it has."""
     names = spec.options.shifts if spec.options.shifts is not None else [s.name for s in SHIFTS]

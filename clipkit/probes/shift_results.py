@@ -89,4 +89,38 @@ def summarise(items: pd.DataFrame, n_classes: int, spec: ProbeSpec, model_name: 
                "zs_drop": r.loc["zero-shot", "drop"], "lp_drop": r.loc["linear probe", "drop"],
                # relative robustness (§3.3): OOD accuracy of zero-shot over the ID-adapted probe; NOT effective robustness
                "relative_robustness_zs_vs_lp": r.loc["zero-shot", "ood_accuracy"] - r.loc["linear probe", "ood_accuracy"]}
+    summary.update(scene_intervals(items, present, spec.seed))
     return ShiftResult(spec, model_name, items, table, rob, summary)
+
+
+def scene_intervals(items: pd.DataFrame, present, seed: int = 0) -> dict:
+    """95% CIs of the OOD accuracy, the drop and the relative robustness, resampling scenes.
+
+    When every condition holds the same scenes (the synthetic shift kind: item i of every condition
+    is one scene), the OOD accuracy (severities averaged within a shift, then shifts averaged) is the
+    mean over scenes of a per-scene score v_s = sum_c w_c z_sc (w_c: the condition's weight in that
+    average), so the conditions of one scene stay together: the scene is the cluster, and the
+    interval is a bootstrap over scenes of v_s (a mean of scores, not a proportion). The drop is the
+    mean of z_s,ID - v_s, the relative robustness the mean of v_s(zero-shot) - v_s(probe).
+    {} when the conditions hold different items (folder shift)."""
+    if "item" not in items:
+        return {}
+    sets = items.groupby(["shift", "severity"], sort=False)["item"].apply(lambda x: tuple(sorted(x)))
+    ood_rows = items[items["shift"] != IN_DISTRIBUTION]
+    if sets.nunique() != 1 or ood_rows.empty:
+        return {}
+    sev_per_shift = ood_rows.groupby("shift")["severity"].nunique()
+    weight = 1.0 / (len(sev_per_shift) * ood_rows["shift"].map(sev_per_shift))        # w_c per row
+    out, per_scene = {}, {}
+    for clf, col in present:
+        pre = "zs" if clf == CLASSIFIERS[0] else "lp"
+        v = (ood_rows[col].astype(float) * weight).groupby(ood_rows["item"]).sum()       # (n scenes,)
+        z_id = items[items["shift"] == IN_DISTRIBUTION].set_index("item")[col].astype(float).reindex(v.index)
+        per_scene[pre] = v
+        out[f"{pre}_ood_ci_low"], out[f"{pre}_ood_ci_high"] = stats.bootstrap_ci(v.to_numpy(), seed=seed)
+        out[f"{pre}_drop_ci_low"], out[f"{pre}_drop_ci_high"] = stats.bootstrap_ci((z_id - v).to_numpy(), seed=seed)
+    if {"zs", "lp"} <= set(per_scene):
+        rr = (per_scene["zs"] - per_scene["lp"]).to_numpy()
+        out["relative_robustness_ci_low"], out["relative_robustness_ci_high"] = stats.bootstrap_ci(rr, seed=seed)
+    out["ood_ci_method"] = "bootstrap over scenes (each scene's conditions kept together)"
+    return out
