@@ -27,13 +27,19 @@ def test_train_then_report_notebooks(tmp_path, monkeypatch):
                           timeout_per_cell=300)
     assert not summary.failed, summary.failed
     model_dir, = [d for d in (tmp_path / "reports").iterdir() if d.is_dir()]
-    chances = {"probe_counting": 1 / 6, "probe_spatial": 0.25}
+    # the known chance of each notebook's headline: 6 counts, 4 relations, 2 bindings, 6 polygons, 6 shapes
+    chances = {"probe_counting": 1 / 6, "probe_spatial": 0.25, "probe_binding": 0.5, "probe_finegrained": 1 / 6,
+               "probe_shift": 1 / 6}
+    assert {nb.stem for nb in nbs} == set(chances)
     for nb in nbs:   # every probe notebook records accuracy with its CI, chance level and n
         m = json.loads((model_dir / f"{nb.stem}.metrics.json").read_text())["metrics"]
-        assert m["n"] >= 12 and 0 < m["chance"] < 1
-        assert m["chance"] == pytest.approx(chances.get(nb.stem, m["chance"]))
+        assert m["n"] >= 12
+        assert m["chance"] == pytest.approx(chances[nb.stem])
         assert 0 <= m["ci_low"] <= m["accuracy"] <= m["ci_high"] <= 1
-        assert (model_dir / f"{nb.stem}.html").stat().st_size > 10_000
+        if nb.stem in ("probe_counting", "probe_spatial", "probe_binding"):   # caption choice: the caption prior
+            assert 0 <= m["caption_only_accuracy"] <= 1 and m["caption_only_n"] == m["n"]
+        html = (model_dir / f"{nb.stem}.html").read_text()
+        assert len(html) > 10_000 and "What this design cannot show" in html   # the finding, in words, at the end
     # every figure shown is exported beside the HTML as PNG and SVG; key figures reach the index
     pngs = sorted(p.stem for p in (model_dir / "figures").glob("*.png"))
     assert pngs == sorted(p.stem for p in (model_dir / "figures").glob("*.svg"))

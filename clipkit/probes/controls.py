@@ -67,6 +67,17 @@ def trained_on_synthetic_corpus(model_name: str) -> bool:
         return False
 
 
+def untrained_spec(model_name: str) -> str | None:
+    """The untrained counterpart of a trained clipkit preset ("clipkit-tiny:synthetic" -> "clipkit-tiny:random"),
+    for the notebooks' comparison with an untrained network; None when the model is untrained already or
+    not a clipkit preset (an untrained ViT-B/32 costs more than the probe it would explain)."""
+    name = str(model_name or "")
+    preset, _, tag = name.partition(":")
+    if not preset.startswith("clipkit-") or tag in ("", "random"):
+        return None
+    return f"{preset}:random"
+
+
 def outside_training_range(table, training_range: dict | None, model_name: str, probe: str) -> dict:
     """{"outside_training_range": sorted levels} of the factors whose levels the training corpus never
     shows, for a model trained on it (else {}); prints one line to stderr naming them, once."""
