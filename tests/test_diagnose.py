@@ -297,7 +297,7 @@ def test_run_pointing_on_nano(nano):
 
 # --- the diagnosis in a probe's summary and saved JSON (clipkit probe --diagnose) --------------------
 def test_add_diagnosis_puts_the_three_numbers_into_the_saved_json(nano, tmp_path):
-    from clipkit.analysis.diagnose import add_diagnosis, diagnose_result, is_caption_choice
+    from clipkit.analysis.diagnose import add_diagnosis, diagnose_result
     from clipkit.probes import load_spec, run_probe
     model, preprocess, tokenizer = nano
     result = run_probe(load_spec("counting", n=36, seed=3), model, preprocess, tokenizer, model_name="clipkit-nano")
@@ -322,3 +322,32 @@ def test_add_diagnosis_leaves_other_kinds_alone():
     assert not is_caption_choice(shift) and add_diagnosis(shift, None, None, None) is None
     assert set(shift.summary) == {"accuracy", "ci_low", "ci_high", "chance", "n"}
     assert is_caption_choice(_binding_result(4))
+
+
+def test_failure_maps_are_the_worst_failures_true_and_chosen_caption_maps(nano):
+    from clipkit.analysis.pointing import failure_maps
+    from clipkit.evaluate.maps import caption_maps
+    from clipkit.probes import load_spec, run_probe
+    model, preprocess, tokenizer = nano
+    result = run_probe(load_spec("counting", n=24), model, preprocess, tokenizer, model_name="clipkit-nano")
+    wrong = result.table[result.table["credit"] < 1].sort_values("margin")
+    fm = failure_maps(result, model, preprocess, tokenizer, k=3)
+    assert fm["method"] == "patch" and fm["note"] == "" and len(fm["maps"]) == len(fm["titles"]) == 6
+    worst = result.items[int(wrong.iloc[0]["item"])]
+    assert fm["titles"][0] == f"true: {worst.captions[worst.answer]}" and fm["titles"][1].startswith("chose: ")
+    chosen = worst.captions[int(wrong.iloc[0]["pred"])]
+    np.testing.assert_allclose(fm["maps"][1], caption_maps(model, preprocess, tokenizer, [worst.image], chosen)[0],
+                               atol=1e-6)
+    assert fm["images"][0] is worst.image and fm["images"][1] is worst.image
+    with pytest.raises(ValueError, match="at least 1"):
+        failure_maps(result, model, preprocess, tokenizer, k=0)
+
+
+def test_run_pointing_pooled_rows_pool_every_kinds_items(nano):
+    model, preprocess, tokenizer = nano
+    df = run_pointing(model, preprocess, tokenizer, kinds=("count", "binding"), n=4, methods=("patch",), pooled=True)
+    assert list(df["kind"]) == ["count", "binding", "all"]
+    per_kind, pooled = df.iloc[:2], df.iloc[2]
+    assert pooled["n"] == 8
+    assert pooled["accuracy"] == pytest.approx((per_kind["accuracy"] * per_kind["n"]).sum() / 8)
+    assert pooled["chance"] == pytest.approx((per_kind["chance"] * per_kind["n"]).sum() / 8)

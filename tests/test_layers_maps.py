@@ -180,6 +180,31 @@ def test_resnet_gets_stages_and_gradcam_but_no_patch_map(resnet):
     assert avail["gradcam"] == "" and "ModifiedResNet" in avail["patch"] and "\n" not in avail["patch"]
 
 
+
+def test_resnet_pointing_and_failure_maps_fall_back_to_gradcam(resnet):
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from clipkit.analysis.pointing import failure_maps, run_pointing
+    model, preprocess, tokenizer = resnet
+    df = run_pointing(model, preprocess, tokenizer, kinds=("count",), n=3, pooled=True)
+    patch = df[df["method"] == "patch"]
+    assert list(patch["kind"]) == ["count", "all"] and patch["accuracy"].isna().all()
+    assert (patch["note"] == available_methods(model)["patch"]).all()          # the one-line reason, pooled too
+    assert df[df["method"] == "gradcam"]["accuracy"].notna().all()
+    scenes = _scenes(2)
+    items = [SimpleNamespace(image=synth.render(s), captions=["a red circle", "a blue square"], answer=0) for s in scenes]
+    table = pd.DataFrame({"item": [0, 1], "credit": [0.0, 1.0], "margin": [-0.1, 0.2], "pred": [1, 0],
+                          "chosen_caption": ["a blue square", "a red circle"]})
+    fm = failure_maps(SimpleNamespace(items=items, table=table), model, preprocess, tokenizer)
+    assert fm["method"] == "gradcam" and len(fm["maps"]) == 2 and fm["titles"] == ["true: a red circle",
+                                                                                  "chose: a blue square"]
+    np.testing.assert_allclose(fm["maps"][1], caption_maps(model, preprocess, tokenizer, [items[0].image],
+                                                           "a blue square", method="gradcam")[0], atol=1e-6)
+    assert failure_maps(SimpleNamespace(items=items, table=table), model, preprocess, tokenizer,
+                        method="patch")["note"] == available_methods(model)["patch"]
+
 def test_unknown_tower_and_bad_inputs_say_what_is_wrong(nano):
     model, preprocess, tokenizer = nano
 

@@ -91,15 +91,18 @@ def pointing_items(kind: str, n: int, seed: int = 0, size: int = 72) -> list[dic
 
 
 def run_pointing(model, preprocess, tokenizer, kinds=KINDS, n: int = 60, methods=("patch", "gradcam"),
-                 seed: int = 0, size: int = 72) -> pd.DataFrame:
-    """One row per (kind, method): the pointing game of `clipkit.evaluate.maps` on synthetic scenes.
+                 seed: int = 0, size: int = 72, pooled: bool = False) -> pd.DataFrame:
+    """One row per (kind, method): the pointing game of `clipkit.evaluate.maps` on synthetic scenes;
+    with `pooled`, also one row per method of kind "all" (every kind's items together, chance their
+    mean area fraction).
 
     A method the architecture lacks (a ResNet's patch map) gets a row with its one-line reason in
     `note` and no accuracy. The map covers the preprocessed image, which for these square scenes is
     the whole scene (resize + centre crop of a square)."""
     from clipkit.evaluate.layers import NotAvailable
     from clipkit.evaluate.maps import caption_maps
-    rows = []
+    rows, games = [], {m: [] for m in methods}
+    unavailable = dict.fromkeys(("accuracy", "ci_low", "ci_high", "chance"), np.nan)
     for kind in kinds:
         items = pointing_items(kind, n, seed, size)
         for method in methods:
@@ -107,10 +110,50 @@ def run_pointing(model, preprocess, tokenizer, kinds=KINDS, n: int = 60, methods
                 maps = caption_maps(model, preprocess, tokenizer, [it["image"] for it in items],
                                     [it["caption"] for it in items], method=method)
             except NotAvailable as e:
-                rows.append({"kind": kind, "method": method, "accuracy": np.nan, "ci_low": np.nan,
-                             "ci_high": np.nan, "chance": np.nan, "n": 0, "note": str(e)})
+                rows.append({"kind": kind, "method": method, **unavailable, "n": 0, "note": str(e)})
                 continue
             g = pointing_game(maps, [it["mask"] for it in items], seed=seed)
+            games[method].append(g)
             rows.append({"kind": kind, "method": method, **{k: g[k] for k in
                          ("accuracy", "ci_low", "ci_high", "chance", "n", "verdict")}, "note": ""})
+    for method, gs in games.items() if pooled else ():
+        if not gs:
+            rows.append({"kind": "all", "method": method, **unavailable, "n": 0,
+                         "note": next(r["note"] for r in rows if r["method"] == method)})
+            continue
+        s = stats.accuracy_summary(np.concatenate([g["credit"] for g in gs]),
+                                   np.concatenate([g["area"] for g in gs]), seed=seed)
+        rows.append({"kind": "all", "method": method, **{k: s[k] for k in
+                     ("accuracy", "ci_low", "ci_high", "chance", "n", "verdict")}, "note": ""})
     return pd.DataFrame(rows)
+
+def failure_maps(result, model, preprocess, tokenizer, k: int = 6, method: str = "auto") -> dict:
+    """Maps of a caption-choice result's worst failures (lowest margin first): for each, the map of
+    its true caption and of the caption the model chose, so a grid shows where the model looked for each.
+
+    Returns {"images", "maps", "titles"} with two entries per failure (true, then chosen), "method"
+    (the map actually drawn) and "note" (why there is no map; then "maps" is empty)."""
+    from clipkit.evaluate.maps import available_methods, caption_maps
+    if k < 1:
+        raise ValueError(f"k is the number of failures to map, at least 1, got {k}")
+    table = result.table
+    wrong = table[table["credit"] < 1].sort_values("margin", kind="stable").head(k)
+    avail = available_methods(model)
+    if method == "auto":
+        method = "patch" if not avail["patch"] else "gradcam"
+    out = {"images": [], "maps": [], "titles": [], "method": method, "note": avail.get(method, "")}
+    if out["note"] or not len(wrong):
+        out["note"] = out["note"] or "no failures to map: every item is right"
+        return out
+    captions = []
+    for _, row in wrong.iterrows():
+        item = result.items[int(row["item"])]
+        chosen = item.captions[int(row["pred"])]     # a tie: the first of the tied captions
+        tie = "" if row["chosen_caption"] == chosen else f" ({row['chosen_caption']})"
+        for caption, title in ((item.captions[item.answer], f"true: {item.captions[item.answer]}"),
+                               (chosen, f"chose: {chosen}{tie}")):
+            out["images"].append(item.image)
+            out["titles"].append(title)
+            captions.append(caption)
+    out["maps"] = list(caption_maps(model, preprocess, tokenizer, out["images"], captions, method=method))
+    return out
