@@ -69,9 +69,31 @@ def test_constant_area_control_holds_on_rendered_pixels():
 
 
 def test_corpus_is_deterministic_and_mixed():
+    import hashlib
+    import subprocess
+    import sys
     kinds = [synth.corpus_item(i).kind for i in range(400)]
     assert set(kinds) == set(synth.KINDS)
-    assert synth.caption(synth.corpus_item(17)) == synth.caption(synth.corpus_item(17))
+    # the same item in another process renders to the same pixels; neighbouring items differ
+    digest = lambda i: hashlib.sha1(synth.render(synth.corpus_item(i)).tobytes()).hexdigest()  # noqa: E731
+    code = ("import hashlib; from clipkit.world import synth; "
+            "print(hashlib.sha1(synth.render(synth.corpus_item(17)).tobytes()).hexdigest())")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert other == digest(17)
+    assert len({digest(i) for i in range(16, 22)}) == 6
+
+
+def test_varied_constant_area_keeps_the_total_and_varies_sizes_within_a_scene():
+    import math
+    for n in (1, 3, 6):
+        for seed in range(3):
+            scene = synth.make_count_scene(seed, n=n, shape="circle", size_mode="varied_constant_area")
+            radii = [o.r for o in scene.objects]
+            assert len(radii) == n and sum(math.pi * r * r for r in radii) == pytest.approx(0.06, rel=0.2)
+            if n >= 3:
+                assert max(radii) / min(radii) > 1.1, radii        # not one size, as constant_area is
+    same = synth.make_count_scene(0, n=4, shape="circle", size_mode="constant_area")
+    assert len({round(o.r, 9) for o in same.objects}) == 1
 
 
 def test_bad_factors_raise_clear_errors():
