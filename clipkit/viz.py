@@ -36,6 +36,31 @@ def plot_summary(summaries: list[dict], ax=None):
     return plot_breakdown(df.assign(label=label), "label", title="overall accuracy (dashed: chance)", ax=ax)
 
 
+def plot_benchmark_subsets(table: pd.DataFrame, model: str | None = None, ncols: int = 2):
+    """One panel per benchmark of a suite's tidy table (clipkit.probes.suite: benchmark, subset, metric, value,
+    ci_low, ci_high, chance, n) for one model (default: the first): a bar per subset and metric, the overall
+    `all` first and the authors' own metrics after, with CIs, chance dashed and verdict colours (plot_breakdown)."""
+    if table.empty:
+        print("(no benchmark results to plot)")
+        return None
+    t = table[table["model"] == (model or table["model"].iloc[0])]
+    benches = list(dict.fromkeys(t["benchmark"]))
+    nrows, ncols = int(np.ceil(len(benches) / ncols)), min(ncols, len(benches))
+    widest = max(t.groupby("benchmark").size())
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * max(4.5, 0.45 * widest + 1.5), 3.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(benches):]:
+        ax.axis("off")
+    for ax, b in zip(axes.flat, benches):
+        g = t[t["benchmark"] == b].rename(columns={"value": "accuracy"})
+        label = g["subset"].where(g["metric"] == g["metric"].iloc[0], g["subset"] + " " + g["metric"])
+        plot_breakdown(g.assign(label=label.str.replace("_", " ")), "label", title=b, ax=ax)
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", labelsize=7)
+        plt.setp(ax.get_xticklabels(), rotation=40, ha="right")
+    fig.tight_layout()
+    return fig
+
+
 def plot_confusion(conf: pd.DataFrame, title: str = "", ax=None):
     """Heatmap of a confusion matrix with row-normalised shares (rows: truth)."""
     ax = ax or plt.subplots(figsize=(4.5, 3.8))[1]

@@ -130,6 +130,12 @@ def test_no_data_lists_every_benchmark_and_loads_no_model(tmp_path, monkeypatch)
     assert len(res.pretty().splitlines()) == len(BENCHMARKS)
 
 
+def test_empty_data_root_means_no_data_even_with_clipkit_data_set(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPKIT_DATA", str(data))
+    res = run_suite("failures", ["fake-a"], tmp_path, data_root="", load_model=Loader())
+    assert res.present == [] and "CLIPKIT_DATA" in res.status_line() and res.overview()["absent"] == len(BENCHMARKS)
+
+
 def test_data_root_defaults_to_clipkit_data(tmp_path, monkeypatch):
     bf.write_mmvp(tmp_path / "data" / "mmvp")
     monkeypatch.setenv("CLIPKIT_DATA", str(tmp_path / "data"))
@@ -158,3 +164,51 @@ def test_worst_items_are_wrong_and_sorted_by_margin(suite):
     assert all(im.mode == "RGB" for im in images)
     images, titles = worst_items(res.results["fake-a"]["winoground"], k=2)   # no margin column: file order
     assert len(images) == len(titles) <= 2
+
+
+# --- the notebook -------------------------------------------------------------------------------------------------
+def _run_notebook(tmp_path, **params):
+    import papermill as pm
+    pm.execute_notebook(str(ROOT / "notebooks" / "benchmark_failures.ipynb"), str(tmp_path / "out.ipynb"),
+                        parameters={"MODEL": "clipkit-nano", "OUT_DIR": str(tmp_path), **params},
+                        kernel_name="python3", cwd=str(ROOT), progress_bar=False)
+    return {p.name.removesuffix(".metrics.json"): json.loads(p.read_text())
+            for p in tmp_path.glob("*.metrics.json")}
+
+
+@pytest.mark.slow
+def test_notebook_with_data_records_each_benchmark_and_its_figures(data, tmp_path):
+    records = _run_notebook(tmp_path, DATA=str(data))
+    present = [b for b in BENCHMARKS if b != "valse"]
+    assert set(records) == {"benchmark_failures", *present}
+    over = records["benchmark_failures"]
+    assert over["metrics"]["present"] == 6 and over["metrics"]["absent_benchmarks"] == "valse"
+    assert over["figures"] == ["benchmark_subsets", "benchmark_failure_grid"]
+    assert (tmp_path / "figures" / "benchmark_subsets.png").exists()
+    m = records["sugarcrepe"]["metrics"]
+    assert m["n"] == 21 and m["chance"] == 0.5 and m["ci_low"] <= m["accuracy"] <= m["ci_high"]
+    assert m["accuracy[subset=swap_obj]_n"] == 3
+    nb = json.loads((tmp_path / "out.ipynb").read_text())
+    text = "".join(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
+                   for c in nb["cells"] for o in c.get("outputs", []))
+    assert "absent valse" in text and valse.WHERE in text
+
+
+@pytest.mark.slow
+def test_notebook_without_data_lists_what_to_download(tmp_path):
+    records = _run_notebook(tmp_path, DATA="")
+    assert list(records) == ["benchmark_failures"]
+    m = records["benchmark_failures"]["metrics"]
+    assert m["present"] == 0 and m["absent"] == len(BENCHMARKS) and records["benchmark_failures"]["figures"] == []
+    assert len(m["notes"]) == len(BENCHMARKS) and sugarcrepe.WHERE in m["notes"][0]
+
+
+def test_notebook_is_committed_without_outputs_and_takes_the_documented_parameters():
+    nb = json.loads((ROOT / "notebooks" / "benchmark_failures.ipynb").read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c["outputs"] and c["execution_count"] is None for c in code)
+    params = "".join(code[0]["source"])
+    assert code[0]["metadata"]["tags"] == ["parameters"] and "check(globals()" in "".join(code[1]["source"])
+    for name in ("MODEL", "DATA", "N", "DEVICE", "OUT_DIR"):
+        assert f"\n{name} = " in f"\n{params}"
+    assert not any(line.lstrip().startswith(("def ", "class ")) for c in code for line in c["source"])

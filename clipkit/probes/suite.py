@@ -76,31 +76,44 @@ class SuiteResult:
         return t.pivot_table(index="model", columns="column", values="value", sort=False).reindex(
             index=[m for m in self.models if m in set(t["model"])], columns=order)
 
+    def status_line(self) -> str:
+        """One line: which benchmarks ran and which are absent (what to download: `notes`)."""
+        where = self.data_root or f"nowhere (${DATA_ENV} is not set)"
+        line = f"suite {self.name} under {where}: present {', '.join(self.present) or 'none'}"
+        if self.absent:
+            line += f"; absent {', '.join(self.absent)} (each needs <data>/<benchmark>/ as its authors publish it)"
+        return line
+
+    def overview(self) -> dict:
+        """A flat record of the run for record_metrics: counts, the benchmark lists and the notes."""
+        return {"present": len(self.present), "absent": len(self.absent),
+                "failed": sum(len(v) for v in self.failed.values()), "present_benchmarks": ",".join(self.present),
+                "absent_benchmarks": ",".join(self.absent), "data_root": self.data_root, "status": self.status_line(),
+                "notes": self.notes()}
+
     def notes(self) -> list[str]:
         """One line per absent benchmark (what to download, the layout) and per failure."""
         out = [f"absent: {msg}" for msg in self.absent.values()]
         out += [f"failed: {m} on {b}: {msg}" for m, fails in self.failed.items() for b, msg in fails.items()]
         return out
 
+    def paper_table(self) -> pd.DataFrame:
+        """The paper-style table: one row per (benchmark, subset, metric) with its source, chance and n (in %
+        and items, from the first model), then one column per model holding `value [ci_low, ci_high]` in %."""
+        keys = ["benchmark", "subset", "metric"]
+        if self.table.empty:
+            return pd.DataFrame(columns=[*keys, "source", "chance", "n", *self.models]).set_index(keys)
+        t = self.table.assign(cell=[f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" for v, lo, hi in
+                                    zip(self.table["value"], self.table["ci_low"], self.table["ci_high"])])
+        first = t.drop_duplicates(keys).set_index(keys)[["source", "chance", "n"]]
+        cells = t.pivot_table(index=keys, columns="model", values="cell", aggfunc="first", sort=False)
+        out = first.join(cells).assign(chance=lambda d: (100 * d["chance"]).round(1))
+        return out[["source", "chance", "n", *[m for m in self.models if m in out]]].fillna("-")
+
     def pretty(self) -> str:
-        """The paper-style table as text: one row per benchmark/subset/metric, one column per model, each cell
-        `value [ci_low, ci_high]` in percent, with chance and n; then the notes."""
-        lines = []
-        if not self.table.empty:
-            t = self.table
-            cell = lambda r: f"{100 * r.value:5.1f} [{100 * r.ci_low:5.1f}, {100 * r.ci_high:5.1f}]"  # noqa: E731
-            keys = list(dict.fromkeys(zip(t["benchmark"], t["subset"], t["metric"])))
-            first = t.drop_duplicates(["benchmark", "subset", "metric"]).set_index(["benchmark", "subset", "metric"])
-            by = {(r.model, r.benchmark, r.subset, r.metric): cell(r) for r in t.itertuples()}
-            width = max(len(f"{b}/{s} {m}") for b, s, m in keys)
-            head = f"{'benchmark/subset metric':{width}s}  {'chance':>6s} {'n':>6s}  " + "  ".join(
-                f"{m[:22]:22s}" for m in self.models)
-            lines.append(head)
-            for b, s, m in keys:
-                ref = first.loc[(b, s, m)]
-                lines.append(f"{f'{b}/{s} {m}':{width}s}  {100 * ref['chance']:6.1f} {int(ref['n']):6d}  " + "  ".join(
-                    f"{by.get((mod, b, s, m), '-'):22s}" for mod in self.models))
-        return "\n".join(lines + self.notes()) or f"suite {self.name}: nothing ran"
+        """The paper-style table as text, then one line per absent benchmark and per failure."""
+        table = "" if self.table.empty else self.paper_table().to_string()
+        return "\n".join([table, *self.notes()] if table else self.notes()) or f"suite {self.name}: nothing ran"
 
 
 def benchmark_rows(model: str, res: BenchmarkResult) -> list[dict]:
@@ -148,8 +161,8 @@ def absent_note(benchmark: str, root) -> str:
 
 def run_suite(name: str, models: list[str], out_dir, data_root=None, device: str = "cpu",
               load_model: Callable = _default_loader, n: int | None = None, progress: bool = False) -> SuiteResult:
-    """Run suite `name` for every model spec on each benchmark present under `data_root` (default
-    $CLIPKIT_DATA) and write the files listed in the module docstring into `out_dir`. `n` caps the items read
+    """Run suite `name` for every model spec on each benchmark present under `data_root` (None: $CLIPKIT_DATA;
+    "": none, every benchmark absent) and write the files listed in the module docstring into `out_dir`. `n` caps the items read
     per subset (None: every item). `load_model(spec, device=)` returns (model, preprocess, tokenizer)."""
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; known suites: {sorted(SUITES)}")
@@ -160,7 +173,7 @@ def run_suite(name: str, models: list[str], out_dir, data_root=None, device: str
     for m in models:
         if (other := slugs.setdefault(slugify(m), m)) != m:
             raise ValueError(f"model specs {other!r} and {m!r} share the output folder {slugify(m)!r}")
-    data_root = data_root or os.environ.get(DATA_ENV) or None
+    data_root = os.environ.get(DATA_ENV) if data_root is None else data_root   # "": no data at all
     root = Path(data_root).expanduser() if data_root else None
     out = Path(out_dir)
     res = SuiteResult(name, models, str(root) if root else None)
@@ -171,14 +184,14 @@ def run_suite(name: str, models: list[str], out_dir, data_root=None, device: str
     for m in models if res.present else []:
         try:
             model, preprocess, tokenizer = load_model(m, device=device)
-        except Exception as e:   # one model that cannot load must not cost the others their results
+        except Exception as e:  # noqa: BLE001  one model that cannot load must not cost the others their results
             res.failed[m] = {b: f"model did not load: {_line(e)}" for b in res.present}
             continue
         for b in res.present:
             try:
                 spec = load_spec(b, n=n, options={"root": str(root / b)})
                 r = run_any(spec, model, preprocess, tokenizer, model_name=m)
-            except Exception as e:   # a failing benchmark is reported, never the end of the suite
+            except Exception as e:  # noqa: BLE001  a failing benchmark is reported, never the end of the suite
                 log.warning("suite %s: %s failed for %s: %s", name, b, m, _line(e))
                 res.failed.setdefault(m, {})[b] = _line(e)
                 continue
