@@ -63,6 +63,19 @@ def test_oracle_scores_100_and_a_factor_blind_model_scores_chance(probe):
                       lambda texts: torch.tensor([blind_vocab[t] for t in texts]), items=items)
     s = blind.summary
     assert s["accuracy"] == pytest.approx(s["chance"]) and s["verdict"] == "at chance"
+    assert s["caption_only"]["accuracy"] == pytest.approx(s["chance"])
+    # blind to the image but with a caption preference (longer captions score higher): whatever it
+    # scores, it scores from the captions alone, so it equals its caption-only control: text bias
+    longest = max(len(c) for c in vocab)
+    pref = torch.nn.Module()
+    pref.anchor = torch.nn.Parameter(torch.zeros(1))
+    text_vecs = torch.cat([0.1 * torch.eye(len(vocab)), torch.tensor([[len(c) / longest] for c in vocab])], 1)
+    pref.encode_image = lambda ids: torch.nn.functional.one_hot(torch.full_like(ids, len(vocab)), len(vocab) + 1).float()
+    pref.encode_text = lambda ids: text_vecs[ids]
+    p = run_probe(spec, pref, lambda im: torch.tensor(0), lambda texts: torch.tensor([vocab[t] for t in texts]),
+                  items=items).summary
+    assert p["accuracy"] == pytest.approx(p["caption_only"]["accuracy"])
+    assert p["vs_caption_only"] == "not above the caption-only control: text bias, not vision"
 
 
 def test_ragged_candidate_lists_are_scored(nano):
