@@ -516,3 +516,69 @@ def test_countbench_parquet_rows_count_empty_images_as_missing(tmp_path, fake, m
     assert from_hub.summary["missing_images"] == from_urls.summary["missing_images"] == 2
     assert from_hub.summary["accuracy"] == from_urls.summary["accuracy"] and from_hub.summary["n"] == 15
     assert set(from_hub.table["subset"]) == {"train-00000-of-00001"}
+
+
+# --- scale: the image features of a benchmark are cached and sharded across ranks ---------------------------------
+class CountingCLIP(bf.FakeCLIP):
+    """FakeCLIP that counts the images its image tower is asked to encode."""
+    encoded = 0
+
+    def encode_image(self, x):
+        CountingCLIP.encoded += x.shape[0]
+        return super().encode_image(x)
+
+
+def _counting_run(folder, cache):
+    CountingCLIP.encoded = 0
+    model = CountingCLIP().eval()
+    res = sugarcrepe.run(sugarcrepe.Options(root=str(folder), batch_size=3), model, bf.Preprocess(), bf.tokenize,
+                         model_name="counting", cache=str(cache))
+    return res, CountingCLIP.encoded
+
+
+def test_second_run_is_served_from_the_cache_without_a_forward_pass(tmp_path):
+    bf.write_sugarcrepe(tmp_path / "d")
+    first, n_first = _counting_run(tmp_path / "d", tmp_path / "cache")
+    second, n_second = _counting_run(tmp_path / "d", tmp_path / "cache")
+    assert n_first == 8 and n_second == 0     # 8 distinct COCO images encoded once, then never again
+    assert second.summary["features_from_cache"] and not first.summary["features_from_cache"]
+    assert second.table["margin"].tolist() == pytest.approx(first.table["margin"].tolist(), abs=1e-6)
+
+
+def _shard_worker(rank: int, port: int, folder: str, out: str) -> None:
+    import os
+
+    import torch
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    res, encoded = _counting_run(Path(folder), Path(out) / "cache")
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps({"encoded": encoded, "margin": res.table["margin"].tolist(),
+                                                            "accuracy": res.summary["accuracy"]}))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_shard_the_benchmark_images_and_agree_with_one_process(tmp_path):
+    """torchrun's layout on CPU (gloo, 2 forked processes): each rank encodes half of the distinct images, both
+    return every item's scores, equal to one process's; rank 0's cache entry then serves a single process."""
+    import socket
+
+    import torch.multiprocessing as mp
+    bf.write_sugarcrepe(tmp_path / "d")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_shard_worker, args=(port, str(tmp_path / "d"), str(tmp_path)), nprocs=2, join=True,
+                       start_method="fork")
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["encoded"] for r in ranks] == [4, 4]          # 8 distinct images, strided across the two ranks
+    single, encoded = _counting_run(tmp_path / "d", tmp_path / "single-cache")
+    assert encoded == 8
+    for r in ranks:
+        assert r["margin"] == pytest.approx(single.table["margin"].tolist(), abs=1e-6)
+        assert r["accuracy"] == single.summary["accuracy"]
+    cached, encoded = _counting_run(tmp_path / "d", tmp_path / "cache")   # the entry the two ranks wrote
+    assert encoded == 0 and cached.summary["features_from_cache"]
