@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from clipkit.core import stats
-from clipkit.analysis.robustness import IN_DISTRIBUTION, fit_trend, logit
+from clipkit.analysis.robustness import (CLASSIFIERS, ER, IN_DISTRIBUTION, REFERENCE_CLASSIFIER, RESIDUAL,
+                                         bootstrap_family, family_arrays, fit_trend, logit)
 
 SYNTHETIC = [f"synthetic:{f}" for f in ("shape", "polygon", "colour", "shade", "size", "count")]  # FAMILIES
 _ACC = ("accuracy", "ci_low", "ci_high", "n", "chance")
@@ -125,21 +126,77 @@ def robustness_points(results) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def trend_or_reason(points: pd.DataFrame, min_points: int = 3) -> tuple[dict | None, str]:
-    """The logit-space trend of OOD vs ID accuracy over the points, or None and why none is fitted.
+def trend_or_reason(points: pd.DataFrame, min_points: int = 3, reference=None) -> tuple[dict | None, str]:
+    """The logit-space trend of OOD vs ID accuracy, or None and why none is fitted.
 
-    Two points define a line exactly, so any "trend" through them leaves every point at ER 0: a trend
-    needs `min_points` (3+) points with distinct ID accuracies. With a trend, each point's effective
-    robustness (accuracy units) is added to the returned dict under "er" (point -> ER)."""
-    distinct = points["id_accuracy"].nunique()
-    if distinct < min_points:
-        return None, (f"no trend drawn: {len(points)} point(s) with {distinct} distinct ID accuracies; a trend "
-                      f"needs {min_points}+ (two points fix a line exactly and leave no residual). Add models "
+    With `reference` (point names), the line is fitted to those points alone (2+ distinct ID accuracies)
+    and every other point's effective robustness (accuracy units) is returned under "er" (point -> ER),
+    as CLIP §3.3 scores zero-shot CLIP against the line of ImageNet-trained models. Without one, the
+    line is fitted to all the points, which then need `min_points` (3+) distinct ID accuracies (two fix
+    a line exactly and leave no residual), and their in-sample distances are returned under "residual",
+    never "er". "label" names the number for tables and figure titles; "reference" the points fitted."""
+    fitted = points if reference is None else points[points["point"].isin(list(reference))]
+    need = min_points if reference is None else 2
+    distinct = fitted["id_accuracy"].nunique()
+    if distinct < need:
+        whose = "point(s)" if reference is None else "reference point(s)"
+        return None, (f"no trend drawn: {len(fitted)} {whose} with {distinct} distinct ID accuracies; a trend "
+                      f"needs {need}+ (two points fix a line exactly and leave no residual). Add models "
                       f"to EXTRA_MODELS; meanwhile read the ID->OOD drop of each classifier.")
-    slope, intercept = fit_trend(points["id_accuracy"], points["ood_accuracy"])
+    slope, intercept = fit_trend(fitted["id_accuracy"], fitted["ood_accuracy"])
     pred = 1 / (1 + np.exp(-(slope * logit(points["id_accuracy"].to_numpy()) + intercept)))
-    er = dict(zip(points["point"], points["ood_accuracy"].to_numpy() - pred))
-    return {"slope": slope, "intercept": intercept, "er": er}, f"trend fitted over {len(points)} points"
+    dist = dict(zip(points["point"], points["ood_accuracy"].to_numpy() - pred))
+    if reference is None:
+        return ({"slope": slope, "intercept": intercept, "residual": dist, "reference": list(points["point"]),
+                 "label": "residual from the trend of these models (in-sample: not effective robustness)"},
+                f"no independent reference: trend fitted over all {len(points)} points; each point's distance "
+                f"from it is a residual from the trend of these models, not effective robustness")
+    ref = list(fitted["point"])
+    er = {p: d for p, d in dist.items() if p not in ref}
+    return ({"slope": slope, "intercept": intercept, "er": er, "reference": ref,
+             "label": f"effective robustness against the trend of {len(ref)} reference points"},
+            f"reference trend fitted over {len(ref)} points ({', '.join(ref)}); {len(er)} other point(s) scored")
+
+
+def reference_robustness(results, reference=REFERENCE_CLASSIFIER, min_points: int = 3, n_boot: int = stats.N_BOOT,
+                         seed: int = 0) -> tuple[pd.DataFrame, dict | None, str]:
+    """(points, trend, why) for the robustness notebook: robustness_points of `results`, the trend
+    (trend_or_reason) and each point's distance from it with a scene-bootstrap CI.
+
+    `reference`: a classifier name (default "linear probe": every model's ID-trained probe, the
+    synthetic world's reference family; clipkit.analysis.robustness explains the choice) or point
+    names. When the reference has fewer than 2 distinct ID accuracies there is no independent line:
+    with `min_points`+ points the trend of all of them is used and the distances are labelled
+    residuals. Added columns: in_reference and `effective_robustness` (NaN on the reference) or
+    `residual_from_trend`, each with <column>_ci_low / _ci_high: the scenes (every shifted copy with
+    its scene) resampled for all points at once and the line refitted per replicate
+    (robustness.bootstrap_family on the shift-averaged OOD score, the figure's y axis)."""
+    points = robustness_points(results)
+    ref = (list(points.loc[points["classifier"] == reference, "point"]) if reference in CLASSIFIERS
+           else list(reference or []))
+    trend, why = trend_or_reason(points, reference=ref) if ref else (None, "")
+    if trend is None:   # no independent line: the trend of these models, its distances labelled residuals
+        trend, own_why = trend_or_reason(points, min_points)
+        k = points.loc[points["point"].isin(ref), "id_accuracy"].nunique()
+        why = f"no reference line: {len(ref)} reference point(s), {k} distinct ID accuracies (a line needs 2+); {own_why}"
+        if trend is None:
+            return points, None, why
+    if "er" in trend and reference in CLASSIFIERS:
+        trend["label"] = f"effective robustness against the trend of the {len(ref)} {reference} points (CLIP §3.3)"
+    column = ER if "er" in trend else RESIDUAL
+    points = points.assign(in_reference=points["point"].isin(trend["reference"]),
+                           **{column: points["point"].map(trend.get("er", trend.get("residual")))})
+    names, id_c, ood_c, w, paired = family_arrays(results, list(zip(CLASSIFIERS, ("zs_correct", "lp_correct"))))
+    lo = hi = np.full(len(points), np.nan)
+    if paired:   # one condition: the per-scene OOD score averaged as the points' ood_accuracy is
+        boot = bootstrap_family(id_c, (ood_c * w[None, :, None]).sum(1, keepdims=True), [1.0],
+                                np.isin(names, trend["reference"]), n_boot=n_boot, seed=seed)
+        at = {p: i for i, p in enumerate(names)}
+        idx = [at[p] for p in points["point"]]
+        lo, hi = boot["ci_low"][idx], boot["ci_high"][idx]
+    points[f"{column}_ci_low"], points[f"{column}_ci_high"] = lo, hi
+    points.loc[points[column].isna(), [f"{column}_ci_low", f"{column}_ci_high"]] = np.nan
+    return points, trend, why
 
 
 # --- embedding atlas ---------------------------------------------------------------------------

@@ -10,8 +10,9 @@ Robustness (CLIP paper §3.3, Taori et al. 2020). Effective robustness needs a t
 *family* of models; one model's two classifiers give two points, through which any line passes
 exactly, so their "ER" would be 0 by construction. A single result therefore reports the ID->OOD
 drop of each classifier and the relative robustness (zero-shot OOD minus linear-probe OOD), labelled
-as such. `clipkit.analysis.robustness.effective_robustness_of(results)` fits the logit-space trend once several models' results
-(3+ classifier points with distinct ID accuracies) are at hand.
+as such. Across several models' results, `clipkit.analysis.robustness.effective_robustness_of(results)` fits
+the logit-space trend to the linear-probe points (the reference family: 2+ distinct ID accuracies) and
+scores the zero-shot points against it, with a scene-bootstrap CI; never a point against its own line.
 """
 from __future__ import annotations
 

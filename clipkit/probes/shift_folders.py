@@ -13,7 +13,9 @@ ImageNet's 1000). As in Hendrycks et al. 2021 and the CLIP paper, each set is sc
 classes: both classifiers' logits are restricted to the classes present in that folder before the
 argmax, and its chance level is 1 / (classes in that folder). A class folder counts as present even
 when empty. Results are shift_results.ShiftResult tables (shift = the OOD set's name, kind "dataset",
-severity 0), so clipkit.analysis.robustness.effective_robustness_of fits trends across models as for synthetic shifts.
+severity 0), so clipkit.analysis.robustness.effective_robustness_of scores models as for synthetic shifts: against
+the trend of their linear probes (needs `id_train`), a reference passed in, or, with reference=None, as residuals
+from the trend of these models (named so); the sets are not copies of one another, so no scene-bootstrap CI.
 """
 from __future__ import annotations
 
