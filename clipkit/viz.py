@@ -311,17 +311,23 @@ def show_maps(images, maps, titles, alpha: float = 0.5, ncols: int = 4, size: fl
 
 def plot_layer_curves(curves: pd.DataFrame, ax=None):
     """Held-out decodability per layer (clipkit.analysis.diagnose.probe_layer_curves): one line per
-    tower with its 95% CI band, chance dashed in the same colour."""
+    tower with its 95% CI band, chance dashed in the same colour. Towers of different depths are
+    drawn from their first block (left) to after the projection (right), each layer named on the curve."""
     ax = ax or plt.subplots(figsize=(6, 3.4))[1]
-    for (tower, g), colour in zip(curves.groupby("tower", sort=False), ("#4C72B0", "#DD8452", "#55A868")):
-        g = g.sort_values("depth")
-        x = np.linspace(0, 1, len(g)) if len(g) > 1 else np.zeros(1)    # towers of different depths side by side
-        ax.plot(x, g["accuracy"], "o-", color=colour, label=f"{tower} tower")
+    towers = [g.sort_values("depth") for _, g in curves.groupby("tower", sort=False)]
+    same = len({tuple(g["layer"]) for g in towers}) == 1          # e.g. ViT towers of one depth: name the ticks
+    for g, colour in zip(towers, ("#4C72B0", "#DD8452", "#55A868")):
+        x = np.linspace(0, 1, len(g)) if len(g) > 1 else np.zeros(1)
+        ax.plot(x, g["accuracy"], "o-", color=colour, label=f"{g['tower'].iloc[0]} tower")
         ax.fill_between(x, g["ci_low"], g["ci_high"], color=colour, alpha=0.2)
         ax.plot(x, g["chance"], "--", color=colour, linewidth=1)
-        for xi, name in zip(x, g["layer"]):
+        for xi, name in zip(x, g["layer"]) if not same else ():
             ax.annotate(name, (xi, 0.02), fontsize=6, rotation=90, color=colour, ha="center", va="bottom")
-    ax.set_xticks([0, 1], ["first block", "after projection"])
+    if same and towers:
+        ax.set_xticks(np.linspace(0, 1, len(towers[0])) if len(towers[0]) > 1 else [0], towers[0]["layer"],
+                      rotation=30, fontsize=7)
+    else:
+        ax.set_xticks([0, 1], ["first block", "after projection"])
     ax.set_ylim(0, 1)
     ax.set_ylabel("held-out decodability (95% CI)")
     ax.set_title("the factor, layer by layer (dashed: chance)", fontsize=9)

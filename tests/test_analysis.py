@@ -90,10 +90,11 @@ def test_template_sets_are_the_papers():
     assert [len(v) for v in sets.values()] == [1, 7, 80]
 
 
-NOTEBOOKS = ["analysis_zeroshot_vs_linear", "analysis_robustness", "analysis_atlas", "analysis_prompts"]
+NOTEBOOKS = ["analysis_zeroshot_vs_linear", "analysis_robustness", "analysis_atlas", "analysis_prompts", "analysis_where"]
 EXTRA = {"analysis_zeroshot_vs_linear": {"DATASETS": ["synthetic:shape", "synthetic:colour", "synthetic:count"],
                                          "KSHOTS": [1, 2]},   # 3 of the 6 families keep the test short
-         "analysis_robustness": {"SHIFTS": ["fog", "grayscale"], "SEVERITIES": [3]}}
+         "analysis_robustness": {"SHIFTS": ["fog", "grayscale"], "SEVERITIES": [3]},
+         "analysis_where": {"PROBES": ["counting", "spatial_swap"], "POINTING_N": 4, "FAILURES": 2}}
 
 
 @pytest.mark.slow
@@ -118,3 +119,22 @@ def test_analysis_notebook_runs(stem, tmp_path):
         assert m["modality_gap"] > 0
     if stem == "analysis_prompts":
         assert m["n"] == 24 and m["n_templates"] >= 80
+    if stem == "analysis_where":   # headline: the pooled pointing game of the patch map, 3 kinds x 4 scenes
+        assert m["pointing_method"] == "patch" and m["n"] == 12 and m["pointing_all_gradcam"] is not None
+        assert record["figures"] == ["where_three_numbers", "where_layers", "where_pointing"]
+        for probe in ("counting", "spatial_swap"):
+            assert m[f"{probe}_cross_modal_n"] == 24
+            for side in ("image_side", "text_side", "cross_modal"):
+                assert m[f"{probe}_{side}_ci_low"] <= m[f"{probe}_{side}_accuracy"] <= m[f"{probe}_{side}_ci_high"]
+            assert f"({m[f'{probe}_cross_modal_accuracy']:.2f}" in m[f"{probe}_diagnosis"]   # read from the numbers
+        assert (tmp_path / "figures" / "where_failures_counting.png").exists()
+
+
+def test_analysis_where_is_committed_clean_with_checked_parameters():
+    nb = json.loads((ROOT / "notebooks" / "analysis_where.ipynb").read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c["outputs"] and c["execution_count"] is None for c in code)
+    assert code[0]["metadata"]["tags"] == ["parameters"] and "check(globals()" in "".join(code[1]["source"])
+    for name in ("MODEL", "N", "SEED", "DEVICE", "OUT_DIR", "PROBES", "POINTING_N", "FAILURES", "MAP_OPACITY"):
+        assert f"\n{name} = " in "\n" + "".join(code[0]["source"]) and f'"{name}"' in "".join(code[1]["source"])
+    assert not any(line.lstrip().startswith(("def ", "class ")) for c in code for line in c["source"])
