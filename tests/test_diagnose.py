@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import open_clip
+import pandas as pd
 import pytest
 import torch
 
@@ -321,6 +322,8 @@ def test_add_diagnosis_leaves_other_kinds_alone():
     shift = SimpleNamespace(summary={"accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6, "chance": 0.1, "n": 10})
     assert not is_caption_choice(shift) and add_diagnosis(shift, None, None, None) is None
     assert set(shift.summary) == {"accuracy", "ci_low", "ci_high", "chance", "n"}
+    shift.items = pd.DataFrame({"shift": ["fog"], "item": [0]})       # a ShiftResult's condition table
+    assert not is_caption_choice(shift) and add_diagnosis(shift, None, None, None) is None
     assert is_caption_choice(_binding_result(4))
 
 

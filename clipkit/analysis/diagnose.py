@@ -246,8 +246,11 @@ def diagnose_result(result, model, preprocess, tokenizer, seed: int | None = Non
 
 def is_caption_choice(result) -> bool:
     """True for a result the diagnosis applies to: items (image, candidate captions) and a choice summary."""
-    summary = getattr(result, "summary", None)
-    return bool(getattr(result, "items", None)) and isinstance(summary, dict) and all(k in summary for k in KEYS)
+    items, summary = getattr(result, "items", None), getattr(result, "summary", None)
+    # a shift result's items are a DataFrame of conditions, a benchmark result has none: not questions
+    questions = isinstance(items, (list, tuple)) and len(items) > 0 and all(
+        hasattr(items[0], k) for k in ("image", "captions", "answer"))
+    return questions and isinstance(summary, dict) and all(k in summary for k in KEYS)
 
 
 def add_diagnosis(result, model, preprocess, tokenizer, seed: int | None = None) -> dict | None:
