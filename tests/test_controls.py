@@ -202,3 +202,15 @@ def test_finding_compares_with_the_untrained_model_on_the_same_items():
     assert "What this design cannot show" in text
     other = _run(items[:10], eye.tolist(), lambda c: eye[int(c[1:])].tolist(), model_name="other")
     assert "run on other items" in finding(trained, other)
+
+
+def test_mean_accuracy_over_datasets_uses_binomial_errors_not_the_interval_width():
+    from clipkit.analysis.crossdata import mean_accuracy_summary
+    t = pd.DataFrame({"zs_accuracy": [1.0, 0.5], "zs_n": [16, 96], "zs_chance": [0.1, 0.5],
+                      # intervals that would give other errors if read off as symmetric widths
+                      "zs_ci_low": [0.79, 0.4], "zs_ci_high": [1.0, 0.6]})
+    m = mean_accuracy_summary(t)
+    a1, a2 = 18 / 20, 50 / 100                                   # Agresti-Coull: (k + 2) / (n + 4)
+    half = 1.96 * np.sqrt(a1 * (1 - a1) / 20 + a2 * (1 - a2) / 100) / 2
+    assert m["accuracy"] == 0.75 and m["ci_low"] == pytest.approx(0.75 - half)
+    assert m["ci_high"] == pytest.approx(0.75 + half) and m["n"] == 112 and m["chance"] == pytest.approx(0.3)

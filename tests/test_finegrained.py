@@ -113,11 +113,16 @@ def test_run_on_an_image_folder(nano, tmp_path):
         (tmp_path / c).mkdir()
         for i in range(8):
             Image.new("RGB", (32, 32), tuple(max(0, v - 9 * i) for v in colour)).save(tmp_path / c / f"{i}.png")
-    r = run_finegrained({"name": "folder", "kind": "finegrained",
-                         "options": {"dataset": "imagefolder", "root": str(tmp_path), "templates": "photo"}},
-                        *nano, model_name="clipkit-nano", cache=False)
-    assert r.classes == ["green thing", "red thing"] and r.summary["n"] == 8 and r.summary["n_train"] == 8
+    spec = {"name": "folder", "kind": "finegrained",
+            "options": {"dataset": "imagefolder", "root": str(tmp_path), "templates": "photo"}}
+    r = run_finegrained(spec, *nano, model_name="clipkit-nano", cache=False)
+    # the folder's own seeded stratified split: 20% test (2 of 8 per class), the probe fits on the other 80%
+    assert r.classes == ["green thing", "red thing"] and r.summary["n"] == 4 and r.summary["n_train"] == 12
     assert r.summary["chance"] == 0.5
+    from clipkit.probes import load_spec
+    from clipkit.probes.finegrained import datasets
+    train, test, _, _ = datasets(load_spec(spec), None)
+    assert not {p for p, _ in train.samples} & {p for p, _ in test.samples}      # never the same image
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 Each analysis is a runner that touches the model (features, classifiers) and returns a tidy table,
 plus pure functions on those tables or on feature arrays (win counts, modality gap, trend fitting,
 spread of template accuracies) that are tested on hand-made inputs. Every accuracy carries its
-chance level, n and a 95% bootstrap CI (clipkit.core.stats.accuracy_summary), as in the probes.
+chance level, n and an exact 95% CI (Clopper-Pearson, clipkit.core.stats.accuracy_summary), as in the probes.
 """
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ _ACC = ("accuracy", "ci_low", "ci_high", "n", "chance")
 def load_split_pair(name: str, n_train: int, n_test: int, seed: int = 0, root: str | None = None,
                     transform=None):
     """(train, test) datasets of one name: 'synthetic:<family>' draws n_train / n_test balanced images
-    (disjoint seeds per split); a real dataset ('cifar10', 'imagefolder', ...) is used whole from `root`."""
+    (disjoint seed namespaces per split); a real dataset ('cifar10', 'imagefolder', ...) is read from `root`
+    through load_classification, whose train and test splits never share an image (the dataset's own
+    split where it has one, else clipkit's seeded stratified split); n_train / n_test apply to synthetic sets only."""
     from clipkit.data.classification import SyntheticClassification, load_classification
     if name.startswith("synthetic"):
         family = name.partition(":")[2] or "shape"
@@ -88,11 +90,16 @@ def win_summary(table: pd.DataFrame, col: str = "diff") -> dict:
 def mean_accuracy_summary(table: pd.DataFrame, prefix: str = "zs_") -> dict:
     """Headline over datasets: the mean accuracy with a 95% CI of that mean, mean chance, total n.
 
-    The datasets' test items are independent, so the mean's standard error is sqrt(sum se_i^2) / M,
-    with each dataset's se_i read off its own bootstrap CI as (high - low) / (2 x 1.96).
+    The datasets' test items are independent, so the mean's standard error is sqrt(sum se_i^2) / M.
+    Each se_i is the binomial one at the Agresti-Coull adjusted proportion (k + 2) / (n + 4), not read
+    off the dataset's CI: an exact interval is asymmetric near 0 and 1 (and its width there is not
+    2 x 1.96 se), and the adjustment keeps an all-right or all-wrong dataset from counting as certain.
+    The mean of M accuracies is not a proportion of one set of items, so the interval is the normal one.
     """
     acc = table[f"{prefix}accuracy"].to_numpy(dtype=float)
-    se = (table[f"{prefix}ci_high"].to_numpy(dtype=float) - table[f"{prefix}ci_low"].to_numpy(dtype=float)) / 3.92
+    n = table[f"{prefix}n"].to_numpy(dtype=float)
+    adj = (acc * n + 2) / (n + 4)                                    # Agresti-Coull: 2 successes, 2 failures added
+    se = np.sqrt(adj * (1 - adj) / (n + 4))
     mean, half = float(acc.mean()), 1.96 * float(np.sqrt((se ** 2).sum())) / len(acc)
     return {"accuracy": mean, "ci_low": max(0.0, mean - half), "ci_high": min(1.0, mean + half),
             "chance": float(table[f"{prefix}chance"].mean()), "n": int(table[f"{prefix}n"].sum())}

@@ -27,7 +27,7 @@ from scipy import stats as sps
 
 from clipkit.core import stats
 from clipkit.core.records import write_record
-from clipkit.evaluate.linear_probe import fit_linear_probe, predict, split_validation
+from clipkit.evaluate.linear_probe import fit_linear_probe, predict
 from clipkit.probes.protocol import ProbeSpec, SpecError, load_spec, register
 
 TOP_PAIRS = 5  # confused pairs listed in the metrics
@@ -173,8 +173,9 @@ def _subset(ds, n: int, seed: int):
 
 
 def datasets(spec: ProbeSpec, transform):
-    """(train, test, classes, templates) for a spec. An image folder has no splits: a stratified,
-    seeded half of it is the test split."""
+    """(train, test, classes, templates) for a spec. An image folder has no splits of its own: its test
+    split is clipkit's seeded stratified one (ImageFolderClassification, seed 0: 20%), and the probe
+    fits on the rest ("trainval", 80%; the probe picks its lambda inside it), so they never share an image."""
     from clipkit.data.classification import ImageFolderClassification, SyntheticClassification, load_classification
     o = spec.options
     if o.dataset.startswith("synthetic"):
@@ -183,12 +184,9 @@ def datasets(spec: ProbeSpec, transform):
         test = make("test", spec.n)
         return make("train", o.n_train), test, test.classes, test.templates
     if o.dataset == "imagefolder":
-        full = ImageFolderClassification(o.root, transform=transform)
-        y = np.array([label for _, label in full.samples])
-        tr, te = split_validation(y, 0.5, spec.seed)
-        sub = torch.utils.data.Subset
-        return (_subset(sub(full, tr), o.n_train, spec.seed), _subset(sub(full, te), spec.n, spec.seed),
-                full.classes, full.templates)
+        train, test = (ImageFolderClassification(o.root, transform=transform, split=s, seed=0)
+                       for s in ("trainval", "test"))
+        return (_subset(train, o.n_train, spec.seed), _subset(test, spec.n, spec.seed), test.classes, test.templates)
     train = load_classification(o.dataset, o.root, split="train", transform=transform)
     test = load_classification(o.dataset, o.root, split="test", transform=transform)
     return (_subset(train, o.n_train, spec.seed), _subset(test, spec.n, spec.seed), test.classes,
