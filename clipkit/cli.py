@@ -1,11 +1,20 @@
-"""`clipkit train | probe | eval | report` — thin wrappers over the library."""
+"""`clipkit train | probe | eval | report` — thin wrappers over the library.
+
+Each command parses and checks its arguments and output folder before it imports torch or loads a
+model: `--help` and a usage error answer in well under a second, in one line (bench/README.md).
+"""
 from __future__ import annotations
 
-import argparse
 import json
-import re
 import sys
+import time
 from pathlib import Path
+
+from clipkit.core.files import ensure_writable_dir
+from clipkit.train.config import Parser, _did_you_mean
+
+DEFAULT_MODEL = "clipkit-tiny:synthetic"   # clipkit.models.DEFAULT_MODEL, named here without importing torch
+COMMANDS = ("train", "probe", "eval", "report")
 
 USAGE = """usage: clipkit COMMAND [ARGS]
 
@@ -18,15 +27,14 @@ commands:
 
 
 def probe_main(argv=None) -> int:
-    from clipkit.core.paths import slugify
-    from clipkit.models import DEFAULT_MODEL, load_model
-    from clipkit.probes import load_spec, parse_option, run_any
-    from clipkit.probes.protocol import describe_kinds
-    from clipkit.probes.shift_results import ShiftResult
-    p = argparse.ArgumentParser(prog="clipkit probe", description="Run probe specs on a model. A spec is a name "
-                                "(searched in $CLIPKIT_PROBES's folders, then in the specs shipped with clipkit) "
-                                "or a YAML path.", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="probe kinds and their --option keys (defaults):\n" + describe_kinds())
+    """`clipkit probe`: arguments, --out and every spec and model spec are checked before any model
+    is loaded; then each model runs each spec, printing one line per probe and the files written."""
+    p = Parser(prog="clipkit probe", description="Run probe specs on a model. A spec is a name "
+               "(searched in $CLIPKIT_PROBES's folders, then in the specs shipped with clipkit) "
+               "or a YAML path.", epilog="`clipkit probe --kinds` lists every probe kind with its --option "
+               "keys and defaults, and the spec names found (it loads the probe registry: a few seconds).")
+    p.add_argument("--kinds", action="store_true", help="list the probe kinds, their --option keys and "
+                   "defaults, and the spec names found by name, then exit")
     p.add_argument("--model", action="append", help=f"model spec (see clipkit.models; default {DEFAULT_MODEL}); "
                    "repeatable: with several models, each shift probe also prints the effective-robustness table")
     p.add_argument("--probe", action="append", help="a spec name (e.g. counting, spatial, shift) or a YAML path "
@@ -40,14 +48,23 @@ def probe_main(argv=None) -> int:
                    "one sub-folder per model, and <probe>.effective_robustness.csv)")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    models = a.model or [DEFAULT_MODEL]
+    out = ensure_writable_dir(a.out) if a.out else None
+    from clipkit.probes import known_specs, load_spec, parse_option, run_any   # imports torch
+    if a.kinds:
+        from clipkit.probes.protocol import describe_kinds
+        print("probe kinds and their --option keys (defaults):\n" + describe_kinds())
+        print("specs by name: " + ", ".join(f"{k} ({v})" for k, v in sorted(known_specs().items())))
+        return 0
+    from clipkit.core.paths import slugify
+    from clipkit.models import check_spec, load_model
+    from clipkit.probes.shift_results import ShiftResult
     options = dict(parse_option(o) for o in a.option)
     specs = [load_spec(s, n=a.n, seed=a.seed, options=options) for s in (a.probe or ["counting", "spatial"])]
+    models = [check_spec(m) for m in a.model or [DEFAULT_MODEL]]   # every spec, before any model loads
     shift_results: dict[str, list] = {}   # probe name -> one ShiftResult per model
     for i, name in enumerate(models):
         model, preprocess, tokenizer = load_model(name, device=a.device)
-        if len(models) > 1:
-            print(f"== {name}")
+        print(f"== model {name}" + ("" if out else "  (no --out: results are printed, not saved)"))
         for spec in specs:
             r = run_any(spec, model, preprocess, tokenizer, model_name=name)
             s = r.metrics()
@@ -57,8 +74,11 @@ def probe_main(argv=None) -> int:
                 print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
             if isinstance(r, ShiftResult):
                 shift_results.setdefault(spec.name, []).append(r)
-            if a.out:   # several models: one numbered folder each, so two specs with one slug never collide
-                r.save(a.out if len(models) == 1 else Path(a.out) / f"{i:02d}-{slugify(name)}")
+            if out:   # several models: one numbered folder each, so two specs with one slug never collide
+                t0 = time.time() - 1
+                record = Path(r.save(out if len(models) == 1 else out / f"{i:02d}-{slugify(name)}"))
+                tables = sorted(f.name for f in record.parent.glob(f"{spec.name}*.csv") if f.stat().st_mtime >= t0)
+                print(f"{'':24s} wrote {record}" + (f" and {', '.join(tables)}" if tables else ""))
     if len(models) > 1:
         for probe, results in shift_results.items():
             _print_effective_robustness(probe, results, a.out)
@@ -81,18 +101,30 @@ def _print_effective_robustness(probe: str, results: list, out: str | None) -> N
 
 
 def eval_main(argv=None) -> int:
-    from clipkit.models import DEFAULT_MODEL, load_model
-    from clipkit.evaluate.synthetic import HELD_OUT_SEED, synthetic_retrieval
-    p = argparse.ArgumentParser(prog="clipkit eval", description="Caption<->image retrieval on held-out "
-                                "synthetic scenes (recall@k, with the chance level).")
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--n", type=int, default=500, help="held-out scenes")
-    p.add_argument("--seed", type=int, default=HELD_OUT_SEED,
-                   help="corpus seed of the held-out scenes (training uses the run's --seed, default 0: "
-                        "do not evaluate on that)")
+    """`clipkit eval`: retrieval on held-out synthetic scenes; the arguments and the model spec are
+    checked before the model loads."""
+    p = Parser(prog="clipkit eval", description="Caption<->image retrieval on held-out "
+               "synthetic scenes (recall@k, with the chance level).")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec (default {DEFAULT_MODEL})")
+    p.add_argument("--n", type=int, default=500, help="held-out scenes (default 500)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="corpus seed of the held-out scenes (default: the held-out seed; training uses the "
+                        "run's --seed, default 0: do not evaluate on that)")
+    p.add_argument("--out", default=None, help="also write the metrics to OUT/retrieval.json")
     a = p.parse_args(argv)
-    model, preprocess, tokenizer = load_model(a.model)
-    print(json.dumps(synthetic_retrieval(model, preprocess, tokenizer, n=a.n, seed=a.seed), indent=2))
+    if a.n < 1:
+        p.error(f"--n must be >= 1, got {a.n}")
+    out = ensure_writable_dir(a.out) if a.out else None
+    from clipkit.models import check_spec, load_model   # imports torch
+    from clipkit.evaluate.synthetic import HELD_OUT_SEED, synthetic_retrieval
+    model, preprocess, tokenizer = load_model(check_spec(a.model))
+    metrics = synthetic_retrieval(model, preprocess, tokenizer, n=a.n,
+                                  seed=HELD_OUT_SEED if a.seed is None else a.seed)
+    print(json.dumps(metrics, indent=2))
+    if out:
+        from clipkit.core.files import atomic_write_json
+        print(f"wrote {atomic_write_json(out / 'retrieval.json', {'model': a.model, 'metrics': metrics})}",
+              file=sys.stderr)
     return 0
 
 
@@ -101,14 +133,21 @@ def train_main(argv=None) -> int:
     evaluation hook (here, not in the loop: training never imports the probes), then the loop."""
     import os
     from clipkit.train.config import TrainConfig
-    from clipkit.train.loop import train
-    cfg = TrainConfig.from_argv(argv)
+    cfg = TrainConfig.from_argv(argv)         # no torch yet: a usage error is one line, at once
+    ensure_writable_dir(cfg.out)
+    from clipkit.train.loop import TrainingInterrupted, train
     hooks = []
     if cfg.eval_every:
         from clipkit.probes.hooks import EvalHook
         hooks.append(EvalHook(cfg.model, cfg.eval_every, cfg.eval_n))
-    out = train(cfg, hooks)
-    if int(os.environ.get("RANK", "0")) == 0:
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    try:
+        out = train(cfg, hooks)
+    except TrainingInterrupted as e:          # SIGINT/SIGTERM: the checkpoint is saved; say how to go on
+        if main_rank:
+            print(f"clipkit train: {e}", file=sys.stderr)
+        return e.exit_code
+    if main_rank:
         print(out)
     return 0
 
@@ -128,14 +167,30 @@ def main(argv=None) -> int:
     elif cmd == "report":
         from clipkit.report.runner import main as run
     else:
-        print(f"clipkit: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
+        print(f"clipkit: unknown command {cmd!r}{_did_you_mean(cmd, COMMANDS)}; commands: "
+              f"{', '.join(COMMANDS)} (`clipkit --help`)", file=sys.stderr)
         return 2
     try:
+        if cmd == "report":
+            _check_report_out(rest)
         return run(rest)
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         # clipkit's errors say what is wrong and how to fix it; a traceback adds nothing for users
         print(f"clipkit {cmd}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:   # outside a training loop (which saves and says how to go on): nothing to save
+        print(f"clipkit {cmd}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _check_report_out(argv: list[str]) -> None:
+    """`clipkit report --out DIR` (default reports/): create and check DIR before the report runner
+    starts a notebook."""
+    if any(a in ("-h", "--help") for a in argv):
+        return
+    p = Parser(prog="clipkit report", add_help=False, allow_abbrev=False)
+    p.add_argument("--out", default="reports")
+    ensure_writable_dir(p.parse_known_args(argv)[0].out)
 
 
 if __name__ == "__main__":

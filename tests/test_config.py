@@ -69,3 +69,10 @@ def test_unknown_fields_are_named(tmp_path, capsys):
 def test_round_trip_through_a_dict():
     cfg = TrainConfig(loss="negclip", hard_negatives=3, precision="bf16")
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_loss_names_are_the_registered_losses():
+    """config.LOSS_NAMES lets a config be validated without importing torch; it must list LOSSES."""
+    from clipkit.train.config import LOSS_NAMES
+    from clipkit.train.losses import LOSSES
+    assert tuple(LOSSES) == LOSS_NAMES

@@ -99,3 +99,79 @@ def test_state_holds_everything_loads_weights_only_and_old_checkpoints_are_prune
     assert {"python", "numpy", "torch"} <= set(state["rng"][0])
     assert state["config"]["model"] == "clipkit-nano" and "torch" in state["versions"]
     assert not list(out.rglob("*.tmp"))   # atomic writes leave no temporary files behind
+
+
+def test_replayed_steps_are_logged_once_in_jsonl_and_tensorboard(tmp_path, straight_runs):
+    """A crash after step 3 with the newest checkpoint at step 2: step 3 is trained again on resume, and
+    both logs keep only the second copy."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    with pytest.raises(Crash):
+        train(_cfg(tmp_path, tensorboard=True), hooks=[crash_after(3)])
+    assert [json.loads(x)["step"] for x in (tmp_path / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    resumed = train(_cfg(tmp_path, tensorboard=True, resume="auto"))
+    _assert_identical(straight_runs["synthetic"], _weights(resumed))
+    steps = [json.loads(x)["step"] for x in (resumed / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    acc = EventAccumulator(str(resumed / "tensorboard"), purge_orphaned_data=True)
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
+
+
+# --- SIGINT / SIGTERM: a checkpoint, one line, and `--resume auto` alone continues bit for bit ----------
+SIGNAL_STEPS = 40
+TRAIN_FLAGS = ["--preset", "nano", "--steps", str(SIGNAL_STEPS), "--batch-size", "8", "--log-every", "5",
+               "--save-every", "20", "--no-progress"]
+
+
+def _clipkit(*args, **kw):
+    import subprocess
+    import sys
+    return subprocess.Popen([sys.executable, "-m", "clipkit", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _steps(out):
+    return [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def straight_cli_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight_cli") / "run"
+    proc = _clipkit("train", *TRAIN_FLAGS, "--out", str(out))
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signame, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_signal_saves_a_checkpoint_and_resume_auto_alone_continues_bit_identically(
+        tmp_path, signame, code, straight_cli_run):
+    import signal
+    import time
+    out = tmp_path / "run"
+    proc = _clipkit("train", *TRAIN_FLAGS, "--out", str(out))
+    deadline = time.time() + 300
+    while not ((out / "log.jsonl").exists() and (out / "log.jsonl").read_text().count("\n") >= 1):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1]
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, signame))     # after step 5 was logged: mid-way, off a save step
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    step = int(last.split(" at step ")[1].split("/")[0])
+    assert 5 <= step < SIGNAL_STEPS, last
+    ckpt = out / "checkpoints" / f"step_{step:07d}"
+    assert last == (f"clipkit train: interrupted by {signame} at step {step}/{SIGNAL_STEPS}; checkpoint: "
+                    f"{ckpt}; continue with: clipkit train --out {out} --resume auto")
+    assert (ckpt / "state.pt").exists() and _steps(out)[-1] == step    # the counters of the stop step
+
+    proc = _clipkit("train", "--out", str(out), "--resume", "auto")   # no other flag: the run's config.json
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert f"resumed from {ckpt} at step {step}" in err
+    _assert_identical(_weights(straight_cli_run), _weights(out))
+    steps = _steps(out)
+    assert steps == sorted(set(steps)) and steps[-1] == SIGNAL_STEPS    # each step once, in order
+    assert set(_steps(straight_cli_run)) <= set(steps)                  # the regular records, and the stop's

@@ -86,3 +86,31 @@ def save_safetensors_atomic(tensors: dict, path: Path, metadata: dict | None = N
     """Save `tensors` as a safetensors file atomically; returns the path."""
     from safetensors.torch import save_file
     return _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+class OutputPathError(ValueError):
+    """An output folder cannot be used; the message names the path and the reason in one line."""
+
+
+def ensure_writable_dir(path, flag: str = "--out") -> Path:
+    """Create folder `path` (and its parents) and check that a file can be written in it, before any
+    work is done; OutputPathError (one line: the flag, the path, the reason) otherwise."""
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputPathError(f"{flag} {path}: is a file, not a folder; give a folder path") from None
+    except NotADirectoryError:
+        parent = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
+        raise OutputPathError(f"{flag} {path}: cannot be created, {parent} is a file") from None
+    except OSError as e:
+        raise OutputPathError(f"{flag} {path}: cannot be created ({e.strerror}); choose a folder you "
+                              f"can write to") from None
+    try:   # os.access is unreliable on network filesystems: write a real file
+        fd, probe = tempfile.mkstemp(prefix=".clipkit-write-check.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputPathError(f"{flag} {path}: not writable ({e.strerror}); choose a folder you can write "
+                              f"to") from None
+    return path

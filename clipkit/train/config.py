@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import json
 import re
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -23,6 +24,12 @@ import yaml
 # the losses of train/losses.py LOSSES (tests/test_config.py checks that the two agree), named here so
 # that validating a config does not import torch
 LOSS_NAMES = ("clip", "negclip", "siglip")
+
+
+def loss_names() -> tuple[str, ...]:
+    """LOSS_NAMES, or once train/losses.py is imported its LOSSES, which code may extend at run time."""
+    losses = sys.modules.get("clipkit.train.losses")
+    return tuple(losses.LOSSES) if losses is not None else LOSS_NAMES
 
 # config fields that may change between a run and its resumption without changing the training
 RESUMABLE_CHANGES = {"resume", "out", "workers", "device", "progress", "tensorboard", "log_every",
@@ -102,8 +109,8 @@ class TrainConfig:
         for f in fields(self):
             setattr(self, f.name, _coerce(f, getattr(self, f.name)))
         checks = [
-            (self.loss in LOSS_NAMES, f"loss must be one of {sorted(LOSS_NAMES)}, got {self.loss!r}"
-                                      f"{_did_you_mean(self.loss, LOSS_NAMES)}"),
+            (self.loss in loss_names(), f"loss must be one of {sorted(loss_names())}, got {self.loss!r}"
+                                        f"{_did_you_mean(self.loss, loss_names())}"),
             (self.hard_negatives >= 0, f"hard_negatives must be >= 0, got {self.hard_negatives}"),
             (not (self.hard_negatives and self.loss != "negclip"),
              "hard_negatives > 0 needs --loss negclip (the other losses would ignore them)"),
@@ -243,7 +250,9 @@ class Parser(argparse.ArgumentParser):
         if m and m.group(1).startswith("--"):
             flags = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
             message += _did_you_mean(m.group(1).split("=")[0], flags)
-        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists every flag)\n")
+        if message.startswith(("unrecognized arguments", "argument ", "the following arguments")):
+            message += f" (`{self.prog} --help` lists every flag)"   # an argparse error, not a value's
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _base_type(f) -> tuple[type, bool]:
