@@ -21,6 +21,7 @@ Purposes in use (PURPOSES; a new namespace adds its name here):
     probe:<family>                  a synthetic probe family's items (counting, spatial, binding)
     classification:<family>:<split> synthetic classification sets (clipkit.data.classification)
     shift-noise                     the noise of a shifted copy of a test scene (the shift probe)
+    gallery                         the explorer's scene gallery
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import hashlib
 import operator
 
 PERSON = b"clipkit-scenes"          # BLAKE2b personalisation: these seeds differ from any other use of the hash
-PURPOSES = ("train", "heldout-retrieval", "probe:", "classification:", "shift-noise")
+PURPOSES = ("train", "heldout-retrieval", "probe:", "classification:", "shift-noise", "gallery")
 
 
 def scene_seed(purpose: str, seed: int, index: int) -> int:
