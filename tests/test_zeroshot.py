@@ -53,7 +53,12 @@ def test_templates_sets_and_validation():
     assert set(zs.get_templates("simple")) <= set(zs.get_templates("openai"))
     assert zs.get_templates("cifar10")[0] == "a photo of a {c}." and len(zs.get_templates("cifar10")) == 18
     assert zs.get_templates(None) == zs.IMAGENET_TEMPLATES
-    assert zs.get_templates(None, SyntheticClassification("count")) == ["{c} shapes.", "a photo of {c} objects."]
+    count = SyntheticClassification("count")
+    assert zs.get_templates(None, count) == ["{c}.", "a photo of {c}."]
+    # singular for one: the prompts read "one shape." and "a photo of two shapes.", never "one shapes"
+    assert count.classes[:2] == ["one shape", "two shapes"]
+    prompts = [t.format(c=c) for c in count.classes for t in zs.get_templates(None, count)]
+    assert "one shape." in prompts and "a photo of two shapes." in prompts and not any("one shapes" in p for p in prompts)
     with pytest.raises(ValueError, match="placeholder"):
         zs.get_templates(["a photo of a dog"])
     with pytest.raises(ValueError, match="unknown templates"):

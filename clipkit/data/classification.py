@@ -133,8 +133,9 @@ FAMILIES: dict[str, Family] = {
     "shade": Family({name: partial(_single, colour=rgb) for name, rgb in SHADES.items()},
                     ("a {c} shape.", "a {c} object.")),
     "size": Family({z: partial(_single, size=z) for z in synth.SIZES}, ("a {c} shape.", "a {c} object.")),
-    "count": Family({synth.NUMBER_WORDS[n]: partial(synth.make_count_scene, n=n) for n in range(1, 7)},
-                    ("{c} shapes.", "a photo of {c} objects.")),
+    # the class name carries the noun so that one is singular ("one shape", "two shapes"; never "one shapes")
+    "count": Family({f"{synth.NUMBER_WORDS[n]} shape{'s' if n > 1 else ''}": partial(synth.make_count_scene, n=n)
+                     for n in range(1, 7)}, ("{c}.", "a photo of {c}.")),
 }
 # the world's version: the renderer and the seed namespaces (a change to either changes every image)
 _SYNTH_SOURCE = hashlib.sha256((inspect.getsource(synth) + inspect.getsource(seeds)).encode()).hexdigest()[:16]
