@@ -4,6 +4,7 @@ no sideways scrolling at 1280 px. No network."""
 import csv
 import json
 import os
+import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -17,6 +18,7 @@ from clipkit.report.results_table import (
     matrix_columns,
     matrix_html,
     metric_rows,
+    model_sections_html,
     results_rows,
     short_name,
     verdict_class,
@@ -195,3 +197,39 @@ def test_matrix_fits_1280px_without_sideways_scrolling(tmp_path):
     assert widths["doc"] <= widths["view"] == 1280, widths          # no horizontal scrollbar
     assert widths["table"] <= widths["box"], widths
     assert widths["cell"] >= 24, widths                              # "100" still fits in a cell
+
+
+def test_model_sections_are_the_targets_of_the_row_links():
+    summary = synthetic_summary()
+    page = model_sections_html(summary, lambda stem, p: f"<i>{stem}:{p['status']}</i>")
+    ids = re.findall(r'<section id="([^"]+)">', page)
+    assert ids == [anchor(r["slug"]) for r in summary["models"]] and len(set(ids)) == 12
+    rows_of = page.split("<section ")[1:]
+    assert rows_of[0].count("<tr>") == 14 and rows_of[4].count("<tr>") == 13     # model 4 never ran probe_spatial
+    assert '<td class="failed"><i>probe_shift:failed</i>' in rows_of[3]
+    assert model_sections_html({"models": []}, str) == ""
+
+
+def test_index_page_with_matrix_and_sections_fits_1280px(tmp_path):
+    """The index laid out as proposed (matrix + per-model sections in place of the wide table): no sideways
+    scrolling at 12 models x 20 probes, where the wide table alone needs about 3,100 px."""
+    exe = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    from clipkit.report import index
+    s = synthetic_summary()
+    page = index._render(s["models"], s["probes"])
+    start = page.index("<table><tr><th>model</th>")
+    end = page.index("</table>", start) + len("</table>")
+    new = page[:start] + matrix_html(s) + model_sections_html(s, index._cell) + page[end:]
+    (tmp_path / "old.html").write_text(page)
+    (tmp_path / "new.html").write_text(new)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        tab = browser.new_page(viewport={"width": 1280, "height": 900})
+        widths = {}
+        for name in ("old", "new"):
+            tab.goto((tmp_path / f"{name}.html").as_uri())
+            widths[name] = tab.evaluate("() => document.documentElement.scrollWidth")
+        browser.close()
+    assert widths["new"] <= 1280 < widths["old"], widths

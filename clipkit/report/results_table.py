@@ -210,3 +210,16 @@ def matrix_html(summary: dict) -> str:
             f"<span class=failed>&times; failed</span></p>"
             f'<table class=mx><thead><tr><th class=mh>model</th>{head}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table>")
+
+
+def model_sections_html(summary: dict, cell) -> str:
+    """Each model's details, the target of the matrix's row links: a section with id `anchor(slug)` and one row
+    per notebook, its content `cell(stem, probe_entry)` (the index's own cell renderer: numbers, links, status).
+    A vertical table per model, so it fits the page at any number of probes."""
+    esc, parts = html.escape, []
+    for r in summary.get("models", []):
+        body = "".join(f'<tr><th>{esc(stem)}</th><td class="{"failed" if p.get("status") == "failed" else ""}">'
+                       f"{cell(stem, p)}</td></tr>" for stem in _stems(summary, r) if (p := r["probes"][stem]))
+        parts.append(f'<section id="{anchor(r["slug"])}"><h3>{esc(str(r["model"]))}</h3><table>{body}</table>'
+                     f"</section>")
+    return f"<h2>Details per model</h2>{''.join(parts)}" if parts else ""
