@@ -48,7 +48,9 @@ def test_trend_recovers_a_logit_line_and_zero_er():
     oods = 1 / (1 + np.exp(-(0.5 * logit(ids) - 1.0)))     # exactly on slope 0.5, intercept -1
     trend, _ = crossdata.trend_or_reason(_points(ids, oods))
     assert trend["slope"] == pytest.approx(0.5) and trend["intercept"] == pytest.approx(-1.0)
-    assert all(abs(v) < 1e-9 for v in trend["er"].values())
+    # fitted to the same points it scores (no reference), the distances are residuals, never "er"
+    assert "er" not in trend and all(abs(v) < 1e-9 for v in trend["residual"].values())
+    assert "not effective robustness" in trend["label"]
 
 
 def test_robustness_points_from_a_shift_table():

@@ -1,5 +1,4 @@
 """Train and test never share an image, for every kind of classification source (offline: torchvision faked)."""
-import zlib
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ from PIL import Image
 from clipkit.data.classification import (FAMILIES, OWN, OWN_SPLITS, TORCHVISION, DatasetNotFound,
                                          ImageFolderClassification, SyntheticClassification,
                                          TorchvisionClassification, load_classification, stratified_split)
+from clipkit.world.seeds import scene_seed
 
 POOL, N_CLASSES = 50, 5
 # a fake dataset's official membership: which of the POOL images each official split holds
@@ -123,15 +123,16 @@ def test_stratified_split_counts():
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_synthetic_splits_share_no_scene_seed_or_image(family):
-    # the scene seed is crc32("family/split/seed/i"): check every seed up to 10,000 images per split
+    # the scene seed is world.seeds.scene_seed("classification:<family>:<split>", seed, i): check every
+    # seed up to 10,000 images per split
     for seed in (0, 1):
-        seeds = {s: {zlib.crc32(f"{family}/{s}/{seed}/{i}".encode()) for i in range(10_000)}
+        seeds = {s: {scene_seed(f"classification:{family}:{s}", seed, i) for i in range(10_000)}
                  for s in ("train", "val", "test")}
         assert not seeds["train"] & seeds["test"] and not seeds["val"] & (seeds["train"] | seeds["test"])
     n = 2 * len(FAMILIES[family].classes)
     train, test = SyntheticClassification(family, n, split="train"), SyntheticClassification(family, n, split="test")
     factories = list(FAMILIES[family].classes.values())                   # the seed formula the class uses
-    assert test.scene(3) == factories[3 % len(factories)](zlib.crc32(f"{family}/test/0/3".encode()))
+    assert test.scene(3) == factories[3 % len(factories)](scene_seed(f"classification:{family}:test", 0, 3))
     assert not {train.scene(i) for i in range(n)} & {test.scene(i) for i in range(n)}
     pixels = lambda ds: {np.asarray(ds[i][0]).tobytes() for i in range(n)}  # noqa: E731
     assert not pixels(train) & pixels(test)
