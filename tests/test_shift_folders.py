@@ -104,8 +104,12 @@ def test_effective_robustness_over_folder_results():
                               "zs_correct": np.r_[np.arange(10) < a * 10, np.arange(10) < b * 10]})
         results.append(summarise(items, 4, spec, f"m{m}"))
     assert results[0].summary["chance"] == 0.25 and results[0].table["chance"].tolist() == [0.25, 0.5]
-    er = effective_robustness(results)
-    assert len(er) == 3 and abs(er["effective_robustness"].mean()) < 0.05
+    # these results carry no linear probe, so there is no reference family: the trend of the three
+    # models themselves, whose distances are residuals (in-sample), named as such
+    er = effective_robustness(results, reference=None)
+    assert len(er) == 3 and "effective_robustness" not in er and abs(er["residual_from_trend"].mean()) < 0.05
+    with pytest.raises(ValueError, match=r"reference .* needs 2\+ points"):
+        effective_robustness(results)                      # the default reference (linear probes) is absent
 
 
 @pytest.mark.parametrize("edit, match", [
