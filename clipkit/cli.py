@@ -64,7 +64,8 @@ def probe_main(argv=None) -> int:
     shift_results: dict[str, list] = {}   # probe name -> one ShiftResult per model
     for i, name in enumerate(models):
         model, preprocess, tokenizer = load_model(name, device=a.device)
-        print(f"== model {name}" + ("" if out else "  (no --out: results are printed, not saved)"))
+        print((f"== {name}" if len(models) > 1 else f"model: {name}")
+              + ("" if out else "  (no --out: results are printed, not saved)"))
         for spec in specs:
             r = run_any(spec, model, preprocess, tokenizer, model_name=name)
             s = r.metrics()
