@@ -14,10 +14,16 @@ DEFAULT_CKPT = $(CLIPKIT_HOME)/models/clipkit-tiny-synthetic
 MODELS ?= clipkit-tiny:synthetic
 BASELINES ?= clipkit-tiny:random
 TRAIN_ARGS ?=
+# `make report` reruns only the notebooks whose inputs changed (clipkit report's execution cache);
+# FORCE=1 executes every notebook. JOBS: notebooks run at once (default: min(2, cores)).
+FORCE ?=
+JOBS ?=
+REPORT_FLAGS = $(if $(strip $(FORCE)),--force) $(if $(strip $(JOBS)),--jobs $(JOBS))
 
 .PHONY: setup model report experiments test bench clean help
 help:
 	@echo "make report      - set up .venv, train the default model if not cached, run the probe and analysis notebooks into reports/"
+	@echo "                   (only those whose inputs changed; FORCE=1 runs all, JOBS=N notebooks at once)"
 	@echo "make test        - set up .venv, run the test suite"
 	@echo "make model       - set up .venv, train the default model if not cached ($(DEFAULT_CKPT))"
 	@echo "make experiments - set up .venv, run the three training experiments into reports/experiments/ (~25 min on 2 CPU cores)"
@@ -46,13 +52,13 @@ model: $(STAMP)
 # Both report commands run even if the first has a failing notebook; make fails at the end if either did.
 report: model
 	@rc=0; \
-	$(BIN)/clipkit report $(foreach m,$(MODELS),--model $(m)) || rc=1; \
-	$(if $(strip $(BASELINES)),$(BIN)/clipkit report $(foreach m,$(BASELINES),--model $(m)) \
+	$(BIN)/clipkit report $(REPORT_FLAGS) $(foreach m,$(MODELS),--model $(m)) || rc=1; \
+	$(if $(strip $(BASELINES)),$(BIN)/clipkit report $(REPORT_FLAGS) $(foreach m,$(BASELINES),--model $(m)) \
 	  $(foreach n,$(wildcard notebooks/probe_*.ipynb),--notebook $(n)) || rc=1;) \
 	exit $$rc
 
 experiments: $(STAMP)
-	$(BIN)/clipkit report --experiments
+	$(BIN)/clipkit report $(REPORT_FLAGS) --experiments
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

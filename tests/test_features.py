@@ -147,3 +147,28 @@ def test_sharded_extraction_across_ranks_equals_single_process(nano, tmp_path):
         torch.testing.assert_close(got["features"], single.features, atol=1e-6, rtol=0)
         assert torch.equal(got["targets"], single.targets)
     assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 1  # written once, by rank 0
+
+
+@pytest.mark.slow  # starts DataLoader workers
+def test_joined_loader_chunks_give_the_same_features(nano, tmp_path, monkeypatch):
+    """On CPU with workers, quarter batches are joined into one forward batch: the same forward
+    batches as one loader batch each, so the same features, order, labels and skip count, also
+    with an unreadable file and a chunk with nothing readable in it."""
+    import clipkit.evaluate.features as features
+    model, preprocess, _ = nano
+    for cls in ("red_thing", "blue_thing"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (20, 20), (40 * i, 0, 0) if cls == "red_thing" else (0, 0, 40 * i)).save(
+                tmp_path / "data" / cls / f"{i}.png")
+    (tmp_path / "data" / "blue_thing" / "0_broken.png").write_bytes(b"\x89PNG not really")
+    ds = ImageFolderClassification(tmp_path / "data", transform=preprocess)   # 11 files, item 1 broken
+    runs = {}
+    for chunks in (1, 4):
+        monkeypatch.setattr(features, "CPU_LOADER_CHUNKS", chunks)
+        # batch 4 -> loader batches of 1 when joined: the broken file is a chunk with no image
+        runs[chunks] = extract_image_features(model, ds, batch_size=4, num_workers=2, cache=False, progress=False)
+    one, four = runs[1], runs[4]
+    assert torch.equal(one.features, four.features) and torch.equal(one.index, four.index)
+    assert torch.equal(one.targets, four.targets) and one.skipped == four.skipped == 1
+    assert four.index.tolist() == [i for i in range(11) if i != 1]   # blue 0.png, 0_broken.png, 1.png, ...

@@ -33,6 +33,12 @@ READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 # feature: under bf16 autocast the first layer (patch/stem convolution) casts its input to bf16 anyway.
 GPU_BF16_PIXELS = True
 PIN_MEMORY = True  # pinned host batches: asynchronous host-to-device copies
+# On CPU, workers hand over quarter batches that the main process joins into one forward batch of
+# batch_size: the first forward then waits for two quarters per worker instead of one whole batch
+# per worker (half the images), and the forward batch, hence every feature, is the same. The time
+# goes to the forward on CPU (see bench/README.md), so that first wait is time nothing else hides.
+# Not on CUDA: there pinned batches go straight to the device; joining them would need a copy.
+CPU_LOADER_CHUNKS = 4
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -163,13 +169,37 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
-def _run(model, loader, device, progress: bool, desc: str):
-    """Forward every batch; returns (index, features, labels, skipped) of this process's share."""
+def _joined(loader, chunks: int):
+    """The loader's batches joined `chunks` at a time: (index, images or None, labels, skipped)."""
+    group = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == chunks:
+            yield _join(group)
+            group = []
+    if group:
+        yield _join(group)
+
+
+def _join(group):
+    if len(group) == 1:
+        return group[0]
+    images = [g[1] for g in group if g[1] is not None]
+    labels = [g[2] for g in group]
+    return (torch.cat([g[0] for g in group]), torch.cat(images) if images else None,
+            torch.cat(labels) if all(torch.is_tensor(y) for y in labels) else
+            [v for y in labels for v in (y.tolist() if torch.is_tensor(y) else y)], sum(g[3] for g in group))
+
+
+def _run(model, loader, device, progress: bool, desc: str, chunks: int = 1):
+    """Forward every batch (`chunks` loader batches joined into one); returns (index, features, labels,
+    skipped) of this process's share."""
     from tqdm.auto import tqdm
     idx, feats, labels, skipped = [], [], [], 0
-    total = len(loader) if hasattr(loader.dataset, "__len__") else None
+    total = -(-len(loader) // chunks) if hasattr(loader.dataset, "__len__") else None
     with torch.inference_mode():
-        for i, x, y, s in tqdm(loader, total=total, desc=desc, unit="batch", disable=not progress, leave=False):
+        for i, x, y, s in tqdm(_joined(loader, chunks), total=total, desc=desc, unit="batch", disable=not progress,
+                               leave=False):
             skipped += s
             if x is None:
                 continue
@@ -226,10 +256,14 @@ def extract_image_features(model, dataset, batch_size: int = 256, num_workers: i
         wrapped = Subset(wrapped, range(rank, len(wrapped), world))   # strided shard of this rank
     cuda = device.type == "cuda"
     collate = partial(_collate, dtype=torch.bfloat16 if cuda and GPU_BF16_PIXELS else None)
-    loader = DataLoader(wrapped, batch_size=batch_size, shuffle=False, collate_fn=collate,
-                        num_workers=0 if iterable else num_workers, pin_memory=cuda and PIN_MEMORY)
+    workers = 0 if iterable else num_workers
+    # quarter batches from the workers on CPU (CPU_LOADER_CHUNKS), with the same look-ahead in images
+    chunks = CPU_LOADER_CHUNKS if (not cuda and workers and batch_size % CPU_LOADER_CHUNKS == 0) else 1
+    loader = DataLoader(wrapped, batch_size=batch_size // chunks, shuffle=False, collate_fn=collate,
+                        num_workers=workers, pin_memory=cuda and PIN_MEMORY,
+                        **({"prefetch_factor": 2 * chunks} if workers else {}))
     idx, feats, labels, skipped = _run(model, loader, device, progress and rank == 0,
-                                       f"features {name}" + (f" (rank {rank}/{world})" if world > 1 else ""))
+                                       f"features {name}" + (f" (rank {rank}/{world})" if world > 1 else ""), chunks)
     if world > 1 and not iterable:
         parts = [None] * world
         torch.distributed.all_gather_object(parts, (idx, feats, labels, skipped))
