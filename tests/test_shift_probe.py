@@ -55,13 +55,17 @@ def test_summary_drop_and_relative_robustness():
 
 def test_effective_robustness_needs_a_family():
     one = summarise(_items(zs=[0.5] * 4, lp=[0.9, 0.5, 0.3, 0.2]), 4, _spec(), "m1")
-    with pytest.raises(ValueError, match="3\\+ classifiers"):
+    with pytest.raises(ValueError, match="needs 2\\+ points with distinct ID accuracies"):
         effective_robustness([one])
     two = summarise(_items(zs=[0.7, 0.6, 0.5, 0.6], lp=[0.8, 0.6, 0.4, 0.4]), 4, _spec(), "m2")
     er = effective_robustness([one, two])
     assert len(er) == 4 and {"effective_robustness", "id_accuracy", "ood_accuracy", "gap"} <= set(er.columns)
-    # the fitted trend is a least-squares line: residuals average to ~0 over the reference points
-    assert abs(er["effective_robustness"].mean()) < 0.1
+    # the trend is fitted to the reference (the linear-probe points) and scores only the others, never in-sample
+    ref = er[er["in_reference"]]
+    assert set(ref["model"]) == {"m1 | linear probe", "m2 | linear probe"} and ref["effective_robustness"].isna().all()
+    scored = er[~er["in_reference"]]
+    assert scored["effective_robustness"].notna().all()
+    assert ((scored["ci_low"] <= scored["effective_robustness"]) & (scored["effective_robustness"] <= scored["ci_high"])).all()
 
 
 S = {"name": "x", "kind": "shift"}

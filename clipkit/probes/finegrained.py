@@ -204,8 +204,11 @@ def run_finegrained(spec, model, preprocess, tokenizer, model_name: str = "", ca
     feats = {k: extract_image_features(model, ds, batch_size=batch_size, cache=cache, progress=False)
              for k, ds in (("train", train), ("test", test))}
     classifier = zero_shot_classifier(model, tokenizer, classes, templates)       # (d, C)
-    return analyse(feats["train"].features.numpy(), feats["train"].targets.numpy(), feats["test"].features,
-                   feats["test"].targets.numpy(), classifier, classes, spec, model_name)
+    result = analyse(feats["train"].features.numpy(), feats["train"].targets.numpy(), feats["test"].features,
+                     feats["test"].targets.numpy(), classifier, classes, spec, model_name)
+    # test images read and skipped (unreadable files, left out of n); the probe's training images likewise
+    result.summary.update(read=len(test), skipped=feats["test"].skipped, train_skipped=feats["train"].skipped)
+    return result
 
 
 register("finegrained", FineGrainedOptions, run_finegrained, n_default=300)

@@ -88,7 +88,7 @@ def run_shift(spec, model, preprocess, tokenizer, model_name: str = "", cache=Tr
                                    "target": targets, "zs_pred": zs_pred, "zs_correct": zs_pred == targets,
                                    "lp_pred": lp_pred, "lp_correct": lp_pred == targets}))
     result = summarise(pd.concat(parts, ignore_index=True), len(test.classes), spec, model_name)
-    result.summary["lp_lambda"] = lam
+    result.summary.update(lp_lambda=lam, read=spec.n, skipped=0)   # rendered scenes: none unreadable
     return result
 
 

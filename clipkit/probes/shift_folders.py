@@ -175,11 +175,11 @@ def run_folder_shift(spec, model, preprocess, tokenizer, model_name: str = "", c
         train = FolderSet(o.id_train, id_folders, preprocess, f"{spec.name}-train", o.n_train, spec.seed)
         tr = extract_image_features(model, train, batch_size=batch_size, cache=cache, progress=False)
         probe, lam = fit_linear_probe(tr.features.numpy(), tr.targets.numpy(), seed=spec.seed)
-    parts, skipped = [], 0
+    parts, skipped, read = [], 0, 0
     for shift, root in [(IN_DISTRIBUTION, o.id_test), *o.ood.items()]:
         ds = FolderSet(root, id_folders, preprocess, f"{spec.name}-{shift}", spec.n, spec.seed)
         f = extract_image_features(model, ds, batch_size=batch_size, cache=cache, progress=False)
-        skipped += f.skipped
+        skipped, read = skipped + f.skipped, read + len(ds)
         X, y = f.features, f.targets.numpy()                                                # (n, d), (n,)
         zs_pred = _restricted_argmax((X @ classifier).numpy(), np.arange(len(id_folders)), ds.class_ids)
         cols = {"shift": shift, "severity": 0, "kind": OOD_KIND, "n_classes": len(ds.class_ids),
@@ -192,8 +192,8 @@ def run_folder_shift(spec, model, preprocess, tokenizer, model_name: str = "", c
             cols.update(lp_pred=lp_pred, lp_correct=lp_pred == y)
         parts.append(pd.DataFrame(cols))
     result = summarise(pd.concat(parts, ignore_index=True), len(id_folders), spec, model_name)
-    result.summary.update(family="imagefolder", n_ood_sets=len(o.ood), lp_lambda=lam,
-                          skipped_images=skipped)   # unreadable files, left out of n
+    result.summary.update(family="imagefolder", n_ood_sets=len(o.ood), lp_lambda=lam, read=read, skipped=skipped,
+                          skipped_images=skipped)   # test images over every set; unreadable ones are left out of n
     return result
 
 
