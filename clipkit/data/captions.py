@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from clipkit.core.fingerprints import files_fingerprint, params_fingerprint
 from clipkit.data.images import BadImageError, safe_open_image
 from clipkit.data.transforms import sample_seed, seeded
-from clipkit.world import synth
+from clipkit.world import styles, synth
 
 MAX_CONSECUTIVE_BAD = 16  # a CSV item tries this many rows before deciding the data is broken
 log = logging.getLogger("clipkit.evaluate")   # evaluation datasets log skipped images where they always did
@@ -54,15 +54,17 @@ def negatives_item(tokenizer, negs: list[str], h: int) -> dict:
 
 # --- datasets ---------------------------------------------------------------------------------
 class SynthCaptions(Dataset):
-    """Image-caption pairs from the synthetic corpus: item i is `synth.corpus_item(start + i, seed)`.
+    """Image-caption pairs from the synthetic corpus: item i is `synth.corpus_item(start + i, seed)`,
+    drawn in `styles.corpus_style(start + i, seed, families)` and captioned in that style's frame.
+    families=None draws the classic look with plain captions (the corpus before style families).
 
     With hard_negatives=h > 0 also neg_text (h, L): false captions that differ from the true one by
     one fact (the count, the relation, or the colour-shape binding), NegCLIP-style.
     """
 
     def __init__(self, n: int, tokenizer, transform, seed: int = 0, start: int = 0, mix: dict | None = None,
-                 hard_negatives: int = 0, render_size: int | None = None):
-        self.n, self.tokenizer, self.transform = n, tokenizer, transform
+                 hard_negatives: int = 0, render_size: int | None = None, families=styles.TRAIN_FAMILIES):
+        self.n, self.tokenizer, self.transform, self.families = n, tokenizer, transform, families
         self.seed, self.start, self.mix, self.h = seed, start, mix, hard_negatives
         self.render_size = render_size or 72
 
@@ -77,15 +79,17 @@ class SynthCaptions(Dataset):
         if not 0 <= i < self.n:
             raise IndexError(i)
         scene = self.scene(i)
-        img = synth.render(scene, size=self.render_size)
+        style = styles.corpus_style(self.start + i, self.seed, self.families) if self.families else None
+        img = synth.render(scene, size=self.render_size, style=style)
+        frame = style.frame if style else 0      # a negative keeps the true caption's frame: one fact differs
         item = {"image": seeded(self.transform, img, sample_seed(self.seed, "crop", self.start + draw)),
-                "text": self.tokenizer([synth.caption(scene)])[0],
+                "text": self.tokenizer([styles.framed(synth.caption(scene), frame, scene)])[0],
                 "index": torch.tensor(self.start + i), "bad": 0}
         if self.h:
             negs = synth.hard_negatives(scene)
             rng = np.random.default_rng([self.seed, self.start + i, 11])
             pick = rng.choice(len(negs), size=self.h, replace=len(negs) < self.h)
-            item.update(negatives_item(self.tokenizer, [negs[j] for j in pick], self.h))
+            item.update(negatives_item(self.tokenizer, [styles.framed(negs[j], frame, scene) for j in pick], self.h))
         return item
 
 

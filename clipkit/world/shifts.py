@@ -28,6 +28,8 @@ Style shifts (kind "style"):
   grayscale            saturation x (1 - 0.2 sev); severity 5 is fully grey. It removes the colour
                        evidence rather than disguising it: items whose answer hinges on colour
                        (binding, colour-swap negatives) become undecidable. Report it apart.
+  heldout_texture,     the style families of clipkit.world.styles that training never draws
+  heldout_sketch       (HELD_OUT_FAMILIES): a style of the family drawn from the seed (one severity)
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 from scipy import ndimage
 
-from clipkit.world import synth
+from clipkit.world import styles, synth
 from clipkit.world.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 
 IN_DISTRIBUTION = "in_distribution"  # the shift name of the unshifted set in tables
@@ -64,6 +66,8 @@ STYLES = {
     "rotation_scale": Shift("rotation_scale", "style", SEVERITIES, "object size shift, rotation"),
     "grayscale": Shift("grayscale", "style", SEVERITIES,
                        "removes colour evidence: colour-dependent items become undecidable"),
+    **{f"heldout_{f}": Shift(f"heldout_{f}", "style", (1,), f"style family {f!r}, never in training")
+       for f in styles.HELD_OUT_FAMILIES},
 }
 SHIFTS: tuple[Shift, ...] = tuple(Shift(n, "corruption", SEVERITIES, "ImageNet-C") for n in CORRUPTIONS) + \
     tuple(STYLES.values())
@@ -177,6 +181,8 @@ def render_shifted(scene: synth.Scene, name: str, severity: int = 1, seed: int =
     if name == "textured_background":
         canvas = background_texture(size * supersample, severity, seed, base=scene.background)
         return synth.render(scene, size, supersample, canvas=canvas)
+    if name.startswith("heldout_"):
+        return synth.render(scene, size, supersample, style=styles.draw_style(name[len("heldout_"):], seed))
     if name == "grayscale":
         return ImageEnhance.Color(synth.render(scene, size, supersample)).enhance(1 - 0.2 * severity)
     raise AssertionError(f"style {name!r} is registered but not implemented")

@@ -315,15 +315,18 @@ def outline(obj: Obj, px: float) -> list[tuple[float, float]] | None:
 
 
 def render(scene: Scene, size: int = 72, supersample: int = 2, *, palette: dict | None = None,
-           canvas: Image.Image | None = None) -> Image.Image:
+           canvas: Image.Image | None = None, style=None) -> Image.Image:
     """Draw a scene as an RGB image of size x size pixels (anti-aliased by supersampling).
 
     palette: colour name -> RGB overrides (e.g. a hue-shifted palette); the names, and so the
         captions, stay the same. None draws COLOURS.
     canvas: an image drawn behind the objects instead of the flat `scene.background` (a texture);
         resized to the supersampled canvas if its size differs. None keeps the flat background.
-    Both default to None, which draws exactly what this function always drew.
+    style: a clipkit.world.styles.Style (background, fill, clutter, zoom...) that draws the scene instead.
+    All default to None, which draws exactly what this function always drew.
     """
+    if style is not None:
+        return style.render(scene, size, supersample, palette=palette)
     px = size * supersample
     if canvas is None:
         img = Image.new("RGB", (px, px), scene.background)
