@@ -214,3 +214,13 @@ def test_mean_accuracy_over_datasets_uses_binomial_errors_not_the_interval_width
     half = 1.96 * np.sqrt(a1 * (1 - a1) / 20 + a2 * (1 - a2) / 100) / 2
     assert m["accuracy"] == 0.75 and m["ci_low"] == pytest.approx(0.75 - half)
     assert m["ci_high"] == pytest.approx(0.75 + half) and m["n"] == 112 and m["chance"] == pytest.approx(0.3)
+
+
+def test_the_pair_score_has_its_caption_only_control(nano):
+    from clipkit.probes.findings import finding as words
+    r = run_probe(load_spec("spatial_swap", n=12), *nano, model_name="clipkit-nano")
+    s = r.summary
+    t = r.table
+    co = t.groupby("pair")["caption_only_credit"].prod()
+    assert s["pair_caption_only_accuracy"] == pytest.approx(co.mean()) and s["pair_n"] == 6
+    assert "its caption-only control" in words(r)

@@ -62,6 +62,11 @@ def _choice(result, untrained) -> list[str]:
     if s.get("outside_training_range"):
         lines.append(f"Levels {s['outside_training_range']} lie outside the model's training range: accuracy there "
                      f"measures extrapolation, not what training taught.")
+    if s.get("pair_accuracy") is not None and s.get("pair_caption_only_accuracy") is not None:
+        lines.append(f"Pair score (both members of a mirrored pair right): {_acc(s, 'pair_')}, {s['pair_verdict']} "
+                     f"against the product chance {s['pair_chance']:.3f}; its caption-only control "
+                     f"{_acc(s, 'pair_caption_only_')} (a caption preference can make both members right together, "
+                     f"so compare with this, not only with chance).")
     if s.get("pair_scores") and "left out" in str(s["pair_scores"]):
         lines.append(f"Pair score {s['pair_scores']}.")
     return lines

@@ -49,10 +49,17 @@ def unmirrorable(relations) -> list[str]:
 
 
 def summarise(spec: ProbeSpec, table: pd.DataFrame) -> dict:
-    """The pair score (pair_accuracy, pair_ci_low, ...) when items come in mirrored pairs, and
-    `pair_scores`: which relations have none and why."""
+    """The pair score (pair_accuracy, pair_ci_low, ...) and its caption-only control (pair_caption_only_*)
+    when items come in mirrored pairs, and `pair_scores`: which relations have none and why."""
     lone = unmirrorable(list(spec.options.relations))
-    out = pair_scores(table) if table["mirrored"].any() else {}
+    out = {}
+    if table["mirrored"].any():
+        out = pair_scores(table)
+        # the pair score's caption prior: the product chance assumes independent guesses, but a text-side
+        # preference (e.g. for the caption that names A first) can make both members right together
+        if "caption_only_credit" in table:
+            co = pair_scores(table.assign(credit=table["caption_only_credit"]))
+            out.update({f"pair_caption_only_{k}": co[f"pair_{k}"] for k in ("accuracy", "ci_low", "ci_high", "verdict")})
     if lone:
         inv = [synth.INVERSE[r] for r in lone]
         out["pair_scores"] = (f"left out for {lone}: their inverses {inv} are not among the relations, so their "
