@@ -131,6 +131,7 @@ def test_counts_outside_the_training_range_are_flagged(nano, capsys):
     spec = load_spec("counting", n=6, options={"counts": [1, 8, 10]})
     r = run_probe(spec, *nano, model_name="clipkit-tiny:synthetic")   # a name the corpus trained
     assert r.summary["outside_training_range"] == [8, 10]
+    assert "[8, 10] outside the training range" in r.metrics()["verdict"]   # what `clipkit probe` prints
     assert "count [8, 10] outside the training range of clipkit-tiny:synthetic (1..6)" in capsys.readouterr().err
     assert "outside_training_range" not in run_probe(spec, *nano, model_name="clipkit-tiny:random").summary
     assert "outside_training_range" not in run_probe(load_spec("counting", n=6), *nano,

@@ -83,14 +83,17 @@ class ProbeResult:
                 [f"true: {t}\nchose: {c}" for t, c in zip(wrong["true_caption"], wrong["chosen_caption"])])
 
     def metrics(self) -> dict:
-        """A flat dict: overall accuracy/CI/n/chance (the verdict says "text bias, not vision" when the
-        accuracy is not above the caption-only control), `caption_only_<key>`, and `<factor>=<level>` accuracies."""
+        """A flat dict: overall accuracy/CI/n/chance (the verdict adds "text bias, not vision" when the
+        accuracy is not above the caption-only control, and the factor levels outside the model's training
+        range), `caption_only_<key>`, and `<factor>=<level>` accuracies."""
         flat = {k: v for k, v in self.summary.items() if not isinstance(v, dict)}
         for key, v in self.summary.items():
             if isinstance(v, dict):
                 flat.update({f"{key}_{k}": x for k, x in v.items()})
         if flat.get("vs_caption_only") == controls.TEXT_BIAS:
             flat["verdict"] = f"{flat['verdict']}; text bias, not vision (not above caption-only)"
+        if (outside := self.summary.get("outside_training_range")) is not None:   # the CLI's line prints the verdict
+            flat["verdict"] = f"{flat['verdict']}; {outside} outside the training range"
         for f, df in self.breakdowns.items():
             for _, row in df.iterrows():
                 flat[f"acc[{f}={row[f]}]"] = row["accuracy"]
