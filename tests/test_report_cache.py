@@ -162,6 +162,17 @@ def test_model_stamp_hashes_a_checkpoints_weights(tmp_path, monkeypatch):
     assert cache.model_stamp("ViT-B-32:openai") == "ViT-B-32:openai"   # a pretrained tag names fixed weights
 
 
+def test_model_grammar_matches_clipkit_models(tmp_path, monkeypatch):
+    """cache.py restates a few names of clipkit.models (to key a rerun without importing torch)."""
+    import clipkit.models as models
+    monkeypatch.setenv("CLIPKIT_HOME", str(tmp_path))
+    assert (cache.CONFIG_DIR, cache.CHECKPOINT_META, cache.WEIGHTS_FILE) == (
+        models.CONFIG_DIR, models.CHECKPOINT_META, models.WEIGHTS_FILE)
+    for preset in models.PRESETS:
+        assert cache.default_checkpoint_dir(preset) == models.default_checkpoint_dir(preset)
+        assert cache.model_stamp(preset).startswith("random:")
+
+
 def test_code_fingerprint_sees_every_code_file(tmp_path):
     pkg = tmp_path / "pkg"
     (pkg / "specs").mkdir(parents=True)

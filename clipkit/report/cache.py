@@ -34,6 +34,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from clipkit.core.fingerprints import files_fingerprint, folder_fingerprint, params_fingerprint
+from clipkit.core.paths import clipkit_home
 
 PACKAGE = Path(__file__).resolve().parents[1]        # clipkit/
 CODE_SUFFIXES = (".py", ".json", ".yaml", ".yml")    # what the package's behaviour is made of
@@ -69,9 +70,21 @@ def _file_hash(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()[:16]
 
 
+# clipkit.models' spec grammar, restated so that keying a rerun does not import torch and open_clip
+# (~10 s on a busy 2-core machine, most of a rerun where nothing changed); tests/test_report_cache.py
+# checks these against clipkit.models.
+CONFIG_DIR = PACKAGE / "models" / "configs"     # the presets' open_clip configs
+CHECKPOINT_META, WEIGHTS_FILE = "clipkit.json", "model.safetensors"
+
+
+def default_checkpoint_dir(preset: str) -> Path:
+    """Where `<preset>:synthetic` is cached (clipkit.models.default_checkpoint_dir)."""
+    return clipkit_home() / "models" / f"{preset}-synthetic"
+
+
 def model_stamp(spec: str) -> str:
     """What identifies a model spec's weights without loading the model (see the module docstring)."""
-    from clipkit.models import CHECKPOINT_META, CONFIG_DIR, PRESETS, WEIGHTS_FILE, default_checkpoint_dir
+    PRESETS = {p.stem for p in CONFIG_DIR.glob("*.json")}  # noqa: N806 (clipkit.models.PRESETS)
     spec = str(spec).strip()
     path = Path(spec).expanduser()
     if spec.startswith("local-dir:"):
