@@ -167,7 +167,10 @@ def test_cli_help_lists_each_kinds_options_from_its_dataclass(capsys):
     with pytest.raises(SystemExit):
         probe_main(["--help"])
     out = capsys.readouterr().out
-    assert "$CLIPKIT_PROBES" in out and "YAML path" in out
+    assert "$CLIPKIT_PROBES" in out and "YAML path" in out and "--kinds" in out
+    probe_main(["--kinds"])          # --help stays fast; --kinds loads the registry and lists every kind's options
+    out = capsys.readouterr().out
     assert "  counting: counts=[1, 2, 3, 4, 5, 6], size_modes=['random'], image_size=72, template='{}'" in out
+    assert "allow_outside_root=False" in out
     assert option_defaults("shift")["severities"] == [1, 3, 5] and set(option_defaults("spatial")) == {
         "relations", "mode", "image_size", "template"}
