@@ -248,7 +248,12 @@ def train(cfg: TrainConfig, hooks=()) -> Path:
         for step in range(start_step + 1, cfg.steps + 1):      # step = updates done after this one
             if stop_all or (signals.signum and not ddp):   # one process stops between any two steps
                 break
-            micro = [next(batches) for _ in range(cfg.accum_steps)]
+            try:
+                micro = [next(batches) for _ in range(cfg.accum_steps)]
+            except RuntimeError:   # a terminal's Ctrl-C reaches the loader's workers too: they are gone
+                if signals.signum and not ddp:
+                    break
+                raise
             optimizer.zero_grad(set_to_none=True)
             loss = forward_backward(train_model, loss_fn, micro, device, autocast, scaler, channels_last)
             bad = nonfinite_flag(loss, ddp)                    # agreed across ranks
