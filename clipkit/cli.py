@@ -47,6 +47,9 @@ def probe_main(argv=None) -> int:
     p.add_argument("--out", default=None, help="write <probe>.csv and <probe>.json here (several models: "
                    "one sub-folder per model, and <probe>.effective_robustness.csv)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--diagnose", action="store_true", help="also say where each caption-choice probe's failure "
+                   "lives: image_side, text_side, cross_modal (accuracy, CI, chance, n) and the pattern in words, "
+                   "in the summary and the JSON")
     a = p.parse_args(argv)
     out = ensure_writable_dir(a.out) if a.out else None
     from clipkit.probes import known_specs, load_spec, parse_option, run_any   # imports torch
@@ -58,6 +61,8 @@ def probe_main(argv=None) -> int:
     from clipkit.core.paths import slugify
     from clipkit.models import check_spec, load_model
     from clipkit.probes.shift_results import ShiftResult
+    if a.diagnose:
+        from clipkit.analysis.diagnose import add_diagnosis
     options = dict(parse_option(o) for o in a.option)
     specs = [load_spec(s, n=a.n, seed=a.seed, options=options) for s in (a.probe or ["counting", "spatial"])]
     models = [check_spec(m) for m in a.model or [DEFAULT_MODEL]]   # every spec, before any model loads
@@ -68,9 +73,13 @@ def probe_main(argv=None) -> int:
               + ("" if out else "  (no --out: results are printed, not saved)"))
         for spec in specs:
             r = run_any(spec, model, preprocess, tokenizer, model_name=name)
+            diagnosis = add_diagnosis(r, model, preprocess, tokenizer) if a.diagnose else None
             s = r.metrics()
             print(f"{spec.name:24s} acc {s['accuracy']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] "
                   f"chance {s['chance']:.3f} n {s['n']} ({s['verdict']})")
+            if a.diagnose:
+                print(f"{'':24s} diagnosis: " + (diagnosis["pattern"] if diagnosis
+                                                 else "not a caption-choice probe (no diagnosis)"))
             for f, df in getattr(r, "breakdowns", {}).items():
                 print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
             if isinstance(r, ShiftResult):
@@ -87,14 +96,17 @@ def probe_main(argv=None) -> int:
 
 
 def _print_effective_robustness(probe: str, results: list, out: str | None) -> None:
-    """§3.3 across models: every (model, classifier) is a point of the logit-space trend (analysis.robustness.effective_robustness_of)."""
+    """§3.3 across models: each model's zero-shot point against the logit-space trend of the reference
+    family (every model's linear probe; analysis.robustness.effective_robustness_of)."""
     from clipkit.analysis.robustness import effective_robustness_of
     try:
         er = effective_robustness_of(results)
     except ValueError as e:   # too few points with distinct ID accuracies: say so, keep the per-model results
         print(f"{probe}: effective robustness not computed: {e}")
         return
-    print(f"{probe}: effective robustness (trend fitted over all {len(er)} model | classifier points)")
+    ref = er.attrs.get("reference", "the reference")
+    print(f"{probe}: effective robustness against the trend of "
+          f"{ref if isinstance(ref, str) else ', '.join(ref)} (CLIP §3.3)")
     print(er.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if out:
         from clipkit.core.files import atomic_write_text

@@ -197,7 +197,7 @@ def test_cli_several_models_save_per_model_and_explain_missing_trend(shift_yaml,
     assert [json.loads(p.read_text())["model"] for p in records] == ["clipkit-nano", same_weights_model]
     # two specs with the same weights give the same two points (zero-shot, probe): fewer than 3 distinct
     # ID accuracies, so there is no trend to fit, and the CLI says so instead of failing
-    assert "tiny_shift: effective robustness not computed" in text and "3+ classifiers" in text
+    assert "tiny_shift: effective robustness not computed" in text and "needs 2+ points" in text
     assert not (out / "tiny_shift.effective_robustness.csv").exists()
 
 
@@ -220,11 +220,22 @@ def test_cli_effective_robustness_table(shift_yaml, second_model, tmp_path, caps
     assert probe_main(["--probe", shift_yaml, "--model", "clipkit-nano", "--model", second_model,
                        "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
-    assert "tiny_shift: effective robustness (trend fitted over all 4 model | classifier points)" in text
-    er = pd.read_csv(tmp_path / "tiny_shift.effective_robustness.csv")
-    assert len(er) == 4 and set(er["model"]) == {f"{m} | {c}" for m in acc for c in ("zero-shot", "linear probe")}
-    assert er.set_index("model").loc["clipkit-nano | zero-shot", "id_accuracy"] == pytest.approx(0.5)
-    assert abs(er["effective_robustness"].mean()) < 0.05     # least-squares residuals over the reference points
+    header = next(line for line in text.splitlines() if "effective robustness against the trend of" in line)
+    assert header.startswith("tiny_shift:") and all(f"{m} | linear probe" in header for m in acc)
+    er = pd.read_csv(tmp_path / "tiny_shift.effective_robustness.csv").set_index("model")
+    assert set(er.index) == {f"{m} | {c}" for m in acc for c in ("zero-shot", "linear probe")}
+    # the reference family is the two linear probes: never scored against the line fitted to them ...
+    probes = [f"{m} | linear probe" for m in acc]
+    assert er.loc[probes, "in_reference"].all() and er.loc[probes, "effective_robustness"].isna().all()
+    # ... and each zero-shot point is scored against the line through them, computed here by hand (§3.3)
+    lg = lambda p: np.log(p / (1 - p))  # noqa: E731
+    (x1, y1), (x2, y2) = (acc[m]["lp"] for m in acc)
+    slope = (lg(y2) - lg(y1)) / (lg(x2) - lg(x1))
+    for m in acc:
+        x, y = acc[m]["zs"]
+        expected = y - 1 / (1 + np.exp(-(lg(y1) + slope * (lg(x) - lg(x1)))))
+        assert er.loc[f"{m} | zero-shot", "effective_robustness"] == pytest.approx(expected, abs=1e-9)
+    assert er.loc["clipkit-nano | zero-shot", "id_accuracy"] == pytest.approx(0.5)
 
 
 def test_cli_single_model_unchanged(shift_yaml, tmp_path, capsys):
