@@ -99,3 +99,14 @@ def test_namespaces_are_distinct_for_every_seed_and_large_index():
 def test_bad_seed_arguments(args, match):
     with pytest.raises((ValueError, TypeError), match=match):
         scene_seed(*args)
+
+
+def test_retrieval_caption_set_is_the_held_out_namespace_not_a_training_run():
+    """SyntheticCaptions (clipkit.evaluate's retrieval on synthetic pairs) draws the held-out scenes
+    that clipkit eval scores, and a training run with --seed 999 does not reproduce them."""
+    from clipkit.data.captions import SyntheticCaptions
+    from clipkit.world import synth
+    ds = SyntheticCaptions(n=20, seed=999)
+    held_out = [synth.corpus_item(i, seed=999, purpose="heldout-retrieval") for i in range(20)]
+    trained = [synth.corpus_item(i, seed=999) for i in range(20)]
+    assert ds.scenes == held_out and not set(ds.scenes) & set(trained)

@@ -238,7 +238,7 @@ class CaptionsCSV(Dataset):
 
 
 class SyntheticCaptions(Dataset):
-    """n held-out synthetic corpus scenes (seed 999 is never trained on) with their canonical caption,
+    """n held-out synthetic corpus scenes (the held-out retrieval namespace) with their canonical caption,
     formatted by each of `templates` ("{c}" alone = the caption itself) for several captions per image."""
 
     def __init__(self, n: int = 500, seed: int = 999, transform: Callable | None = None, image_size: int = 72,
@@ -246,7 +246,8 @@ class SyntheticCaptions(Dataset):
         self.n, self.seed, self.transform, self.image_size = n, seed, transform, image_size
         self.templates = list(templates)
         self.name = name or "synthetic_captions"
-        self.scenes = [synth.corpus_item(i, seed=seed) for i in range(n)]
+        # the held-out namespace (clipkit.world.seeds): no training run's seed or index reaches these scenes
+        self.scenes = [synth.corpus_item(i, seed=seed, purpose="heldout-retrieval") for i in range(n)]
         self.captions = [[t.format(c=synth.caption(s)) for t in self.templates] for s in self.scenes]
 
     def __len__(self):
