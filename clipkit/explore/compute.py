@@ -22,6 +22,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clipkit.world import synth
+from clipkit.world.seeds import scene_seed
 from clipkit import viz
 from clipkit.evaluate import encode_images, encode_texts
 from clipkit.evaluate.maps import available_methods, caption_maps
@@ -31,7 +32,6 @@ from clipkit.models import load_model
 # trained models end; CLIP's zero-shot example uses softmax(100 * cos). Probabilities here use the same fixed 100.
 CLIP_SCALE = 100.0
 MAX_UPLOAD_BYTES = 20 << 20  # refuse larger uploads before decoding them
-GALLERY_SEED = 9_000_000    # gallery scene seeds: away from probe seeds (< 1e7) and the training corpus (>= 1e7)
 TEXT_CACHE = 2048           # caption features kept per model
 MAP_CACHE = 256             # (image, caption) maps kept per model
 ENGINE_COLUMNS = {"item", "item_id", "cluster", "answer", "pred", "n_tied", "best", "correct", "credit", "chance",
@@ -246,5 +246,6 @@ class Gallery:
 
 def synthetic_gallery(n: int = 24, seed: int = 0, size: int = 72, kinds=("count", "relation", "binding")) -> Gallery:
     """n synthetic scenes cycling through `kinds`, rendered at `size` px (the probes' resolution)."""
-    scenes = [synth.make_scene(kinds[i % len(kinds)], seed=GALLERY_SEED + 1000 * seed + i) for i in range(n)]
+    # the gallery's own seed namespace (clipkit.world.seeds): never a training, probe or held-out scene
+    scenes = [synth.make_scene(kinds[i % len(kinds)], seed=scene_seed("gallery", seed, i)) for i in range(n)]
     return Gallery([synth.render(s, size=size) for s in scenes], [synth.caption(s) for s in scenes], scenes)
