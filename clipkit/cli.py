@@ -50,7 +50,14 @@ def probe_main(argv=None) -> int:
     p.add_argument("--diagnose", action="store_true", help="also say where each caption-choice probe's failure "
                    "lives: image_side, text_side, cross_modal (accuracy, CI, chance, n) and the pattern in words, "
                    "in the summary and the JSON")
+    p.add_argument("--suite", default=None, choices=["failures"],
+                   help="run a suite of published benchmarks instead of --probe: 'failures' = every benchmark found "
+                        "under $CLIPKIT_DATA/<benchmark>/ (or --data); absent ones are listed with what to download")
+    p.add_argument("--data", default=None, help="with --suite: the folder holding one sub-folder per benchmark "
+                   "(default $CLIPKIT_DATA)")
     a = p.parse_args(argv)
+    if a.suite and (a.probe or a.option):
+        p.error("--suite runs every benchmark of the suite from --data or $CLIPKIT_DATA: drop --probe / --option")
     out = ensure_writable_dir(a.out) if a.out else None
     from clipkit.probes import known_specs, load_spec, parse_option, run_any   # imports torch
     if a.kinds:
@@ -58,6 +65,15 @@ def probe_main(argv=None) -> int:
         print("probe kinds and their --option keys (defaults):\n" + describe_kinds())
         print("specs by name: " + ", ".join(f"{k} ({v})" for k, v in sorted(known_specs().items())))
         return 0
+    if a.suite:
+        from clipkit.models import check_spec
+        from clipkit.probes.suite import run_suite
+        models = [check_spec(m) for m in a.model or [DEFAULT_MODEL]]   # every spec, before any model loads
+        where = out or ensure_writable_dir(f"suite_{a.suite}")
+        suite = run_suite(a.suite, models, where, data_root=a.data, device=a.device, n=a.n)
+        print(suite.pretty())
+        print(f"results: {where}")
+        return 1 if suite.failed else 0
     from clipkit.core.paths import slugify
     from clipkit.models import check_spec, load_model
     from clipkit.probes.shift_results import ShiftResult
