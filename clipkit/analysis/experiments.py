@@ -255,7 +255,7 @@ def shift_hits(model, preprocess, tokenizer, overrides: dict, seed: int = HELD_O
     from clipkit.probes.shift import run_shift
     from clipkit.analysis.robustness import IN_DISTRIBUTION
     opts = dict(overrides)
-    n = opts.pop("n", opts.pop("n_test", None))   # n_test: the old name, still read by saved notebooks
+    n = opts.pop("n", None)
     spec_seed = opts.pop("seed", seed)
     r = run_shift(load_spec("shift", n=n, seed=spec_seed, options=opts), model, preprocess, tokenizer, cache=False)
     it, chance = r.items, float(r.summary["chance"])
