@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from clipkit.core import stats
 
 ID_CHARS = 16   # hex digits of the item id: 64 bits, no collision expected below ~10^9 items
 TEXT_BIAS = "not above the caption-only control: text bias, not vision"
@@ -34,6 +33,7 @@ def item_id(image, captions) -> str:
 def caption_only(credit_co, chance, clusters=None) -> dict:
     """The caption-only control's summary: accuracy, ci_low, ci_high, chance, n (and verdict, p_value)
     of the per-item credit the model earns scoring the captions against the probe set's mean image."""
+    from clipkit.core import stats   # scipy (~1 s): here, so that reading specs does not load it
     s = stats.accuracy_summary(credit_co, chance, clusters=clusters)
     return {k: s[k] for k in ("accuracy", "ci_low", "ci_high", "chance", "n", "verdict", "p_value")}
 
@@ -47,6 +47,7 @@ def versus_caption_only(credit, credit_co, clusters=None) -> dict:
     difference; anything else (no detectable difference, or below) is reported as text bias.
     Keys: vs_caption_only (words), vs_caption_only_diff, vs_caption_only_p.
     """
+    from clipkit.core import stats   # scipy (~1 s): here, so that reading specs does not load it
     credit, credit_co = np.asarray(credit, float), np.asarray(credit_co, float)
     groups = np.arange(credit.size) if clusters is None else clusters
     t = stats.paired_cluster_test(credit, credit_co, groups)

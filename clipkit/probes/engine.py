@@ -26,9 +26,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from clipkit.core import stats
 from clipkit.core.records import write_record
-from clipkit.evaluate import choice_scores, choose, encode_images, encode_texts
 from clipkit.probes import controls
 from clipkit.probes.protocol import KINDS, ProbeSpec, SpecError, did_you_mean, load_spec, register
 
@@ -110,6 +108,7 @@ class ProbeResult:
 def run_probe(spec, model, preprocess, tokenizer, model_name: str = "", items: list[Item] | None = None,
               batch_size: int = 256) -> ProbeResult:
     """Run a probe spec (name, path, dict or ProbeSpec) on a loaded model; see the module docstring."""
+    from clipkit.core import stats   # scipy (~1 s): here, so that reading specs does not load it
     spec = spec if isinstance(spec, ProbeSpec) else load_spec(spec)
     if items is None and KINDS[spec.kind].items is None:
         raise SpecError(f"probe {spec.name!r} is of kind {spec.kind!r}, not a caption-choice kind: run it with run_any")
@@ -120,6 +119,7 @@ def run_probe(spec, model, preprocess, tokenizer, model_name: str = "", items: l
     if clash:
         raise SpecError(f"probe {spec.name!r}: item factor(s) {clash} would overwrite the table's own column(s); "
                         f"rename them (reserved: {list(RESERVED)})")
+    from clipkit.evaluate import encode_images, encode_texts   # torch: here, so that reading specs needs none
     img = encode_images(model, preprocess, (it.image for it in items), batch_size=batch_size)  # (N, d)
     flat = [c for it in items for c in it.captions]
     txt = encode_texts(model, tokenizer, flat)                                                 # (sum K, d)
@@ -167,6 +167,7 @@ def run_probe(spec, model, preprocess, tokenizer, model_name: str = "", items: l
 def _choose(img, txt, items, answers) -> dict:
     """evaluate.choose over the items (batched when every item has K captions, else item by item), plus
     `best`: per item, the indices of the captions tied at the top score (one index when there is no tie)."""
+    from clipkit.evaluate import choice_scores, choose
     k = {len(it.captions) for it in items}
     if len(k) == 1:
         scores = choice_scores(img, txt.reshape(len(items), k.pop(), -1)).numpy()             # (N, K)

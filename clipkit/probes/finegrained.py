@@ -22,12 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from scipy import stats as sps
 
-from clipkit.core import stats
 from clipkit.core.records import write_record
-from clipkit.evaluate.linear_probe import fit_linear_probe, predict
 from clipkit.probes.protocol import ProbeSpec, SpecError, load_spec, register
 
 TOP_PAIRS = 5  # confused pairs listed in the metrics
@@ -85,6 +81,7 @@ def spearman(x, y) -> dict:
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return {"rho": float("nan"), "p_value": float("nan"), "n_pairs": int(len(x))}
+    from scipy import stats as sps
     r = sps.spearmanr(x, y)
     return {"rho": float(r.statistic), "p_value": float(r.pvalue), "n_pairs": int(len(x))}
 
@@ -131,6 +128,9 @@ def analyse(train_X, train_y, test_X, test_y, classifier, classes, spec: ProbeSp
             model_name: str = "") -> FineGrainedResult:
     """The whole comparison from features: train/test image features (N, d), labels, the (d, C)
     zero-shot classifier. Pure apart from the probe's fit; tests feed hand-made features."""
+    import torch   # here, not at the top: reading a fine-grained spec imports no torch (nor scipy)
+    from clipkit.core import stats
+    from clipkit.evaluate.linear_probe import fit_linear_probe, predict
     test_X = torch.as_tensor(np.asarray(test_X), dtype=torch.float32)
     w = torch.as_tensor(np.asarray(classifier), dtype=torch.float32)          # (d, C)
     y = np.asarray(test_y)
@@ -169,6 +169,7 @@ def _subset(ds, n: int, seed: int):
     """A seeded random subset of at most n samples (the whole set when it is smaller)."""
     if len(ds) <= n:
         return ds
+    import torch
     return torch.utils.data.Subset(ds, np.sort(np.random.default_rng(seed).choice(len(ds), n, replace=False)))
 
 

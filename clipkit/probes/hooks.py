@@ -6,7 +6,6 @@ to the loop, so the training loop itself never imports evaluation or probe code.
 """
 from __future__ import annotations
 
-from clipkit.evaluate.synthetic import HELD_OUT_SEED, synthetic_retrieval
 from clipkit.probes import load_spec, run_probe
 
 
@@ -27,6 +26,7 @@ class EvalHook:
     def __call__(self, step: int, model, is_main: bool = True, **_) -> dict | None:
         if not is_main or not self.every or step % self.every:
             return None
+        from clipkit.evaluate.synthetic import HELD_OUT_SEED, synthetic_retrieval   # torch: only when it runs
         if self._tools is None:
             self._setup(model)
         preprocess, tokenizer = self._tools

@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from clipkit.evaluate.linear_probe import fit_linear_probe, predict
 from clipkit.probes.protocol import ProbeSpec, SpecError, load_spec, register
 from clipkit.probes.shift_results import CLASSIFIERS, ShiftResult, summarise  # noqa: F401  (this kind's results)
 from clipkit.world.seeds import scene_seed  # item i's shift noise: its own seed namespace
-from clipkit.world.shifts import IN_DISTRIBUTION, SHIFTS, get_shift, shifted_image
 
 
 @dataclass
@@ -39,6 +37,7 @@ class ShiftOptions:
     image_size: int = 72             # render size in pixels (the model's preprocess resizes)
 
     def __post_init__(self):
+        from clipkit.world.shifts import SHIFTS   # scipy (world.corruptions): here, not at import
         from clipkit.data.classification import FAMILIES
         if self.family not in FAMILIES:
             raise SpecError(f"option 'family': unknown family {self.family!r}; known synthetic families: "
@@ -57,6 +56,7 @@ class ShiftOptions:
 
 def conditions(spec: ProbeSpec) -> list[tuple[str, int]]:
     """(shift, severity) pairs to run, ID first (severity 0); a shift runs only at severities it has."""
+    from clipkit.world.shifts import IN_DISTRIBUTION, SHIFTS, get_shift
     names = spec.options.shifts if spec.options.shifts is not None else [s.name for s in SHIFTS]
     return [(IN_DISTRIBUTION, 0)] + [(n, sev) for n in names for sev in spec.options.severities
                                       if sev in get_shift(n).severities]
@@ -65,8 +65,10 @@ def conditions(spec: ProbeSpec) -> list[tuple[str, int]]:
 def run_shift(spec, model, preprocess, tokenizer, model_name: str = "", cache=True,
               batch_size: int = 256) -> ShiftResult:
     """Run a shift spec (name, path, dict or ProbeSpec) on a loaded model; see the module docstring."""
+    from clipkit.world.shifts import shifted_image   # scipy (world.corruptions): not at import
     from clipkit.evaluate import (SyntheticClassification, encode_images, extract_image_features, get_templates,
                                   zero_shot_classifier)
+    from clipkit.evaluate.linear_probe import fit_linear_probe, predict
     spec = spec if isinstance(spec, ProbeSpec) else load_spec(spec)
     o = spec.options
     test = SyntheticClassification(o.family, spec.n, spec.seed, "test", image_size=o.image_size)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
 from typing import Callable
 
@@ -29,11 +30,8 @@ import pandas as pd
 import yaml
 
 from clipkit.core.fingerprints import files_fingerprint, params_fingerprint
-from clipkit.data.classification import ImageFolderClassification
-from clipkit.evaluate.linear_probe import fit_linear_probe
 from clipkit.probes.protocol import ProbeSpec, SpecError, load_spec, register
 from clipkit.probes.shift_results import ShiftResult, summarise
-from clipkit.world.shifts import IN_DISTRIBUTION
 
 OOD_KIND = "dataset"  # the `kind` of every OOD row in the table (synthetic shifts: corruption / style)
 
@@ -49,6 +47,7 @@ class FolderShiftOptions:
     n_train: int | None = None                # seeded subset cap of id_train (None: every image)
 
     def __post_init__(self):
+        from clipkit.world.shifts import IN_DISTRIBUTION   # scipy (world.corruptions): not at import
         if not self.id_test:
             raise SpecError("option 'id_test' is required: the ImageFolder of the in-distribution test set")
         if self.n_train is not None and self.n_train < 1:
@@ -131,26 +130,41 @@ def check_folders(spec: ProbeSpec, source: str) -> ProbeSpec:
     return replace(spec, options=FolderShiftOptions(**d))
 
 
-class FolderSet(ImageFolderClassification):
-    """An ImageFolder whose labels are ID class ids (by folder name), optionally a seeded subset of n."""
+@cache
+def _folder_set() -> type:
+    """The FolderSet class, built on first use: its base (data.classification's ImageFolderClassification)
+    is a torch Dataset, and reading a folder shift spec must not import torch."""
+    from clipkit.data.classification import ImageFolderClassification
 
-    def __init__(self, root, id_folders: list[str], transform: Callable | None = None, name: str | None = None,
-                 n: int | None = None, seed: int = 0):
-        super().__init__(root, transform=transform, name=name)
-        own = class_folders(self.root)   # torchvision's ImageFolder labels index this sorted list
-        self.id_folders = list(id_folders)
-        self.class_ids = np.array([self.id_folders.index(f) for f in own])   # the ID classes scored here
-        samples = [(p, int(self.class_ids[y])) for p, y in self.samples]
-        if n is not None and n < len(samples):   # uniform without replacement, kept in folder order
-            keep = np.sort(np.random.default_rng(seed).choice(len(samples), n, replace=False))
-            samples = [samples[i] for i in keep]
-        self.samples = samples
+    class FolderSet(ImageFolderClassification):
+        """An ImageFolder whose labels are ID class ids (by folder name), optionally a seeded subset of n."""
 
-    @property
-    def fingerprint(self) -> str:
-        # the labels are ID class ids: the ID folder list is part of what the cached targets mean
-        return params_fingerprint(kind="folder-shift", id_folders=self.id_folders, n=len(self.samples),
-                                  files=files_fingerprint([p for p, _ in self.samples], root=self.root))
+        def __init__(self, root, id_folders: list[str], transform: Callable | None = None, name: str | None = None,
+                     n: int | None = None, seed: int = 0):
+            super().__init__(root, transform=transform, name=name)
+            own = class_folders(self.root)   # torchvision's ImageFolder labels index this sorted list
+            self.id_folders = list(id_folders)
+            self.class_ids = np.array([self.id_folders.index(f) for f in own])   # the ID classes scored here
+            samples = [(p, int(self.class_ids[y])) for p, y in self.samples]
+            if n is not None and n < len(samples):   # uniform without replacement, kept in folder order
+                keep = np.sort(np.random.default_rng(seed).choice(len(samples), n, replace=False))
+                samples = [samples[i] for i in keep]
+            self.samples = samples
+
+        @property
+        def fingerprint(self) -> str:
+            # the labels are ID class ids: the ID folder list is part of what the cached targets mean
+            return params_fingerprint(kind="folder-shift", id_folders=self.id_folders, n=len(self.samples),
+                                      files=files_fingerprint([p for p, _ in self.samples], root=self.root))
+
+    return FolderSet
+
+
+def __getattr__(name: str):
+    # `from clipkit.probes.shift_folders import FolderSet` still works: the class is made when first asked for
+    if name == "FolderSet":
+        return _folder_set()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _restricted_argmax(scores: np.ndarray, columns: np.ndarray, allowed: np.ndarray) -> np.ndarray:
@@ -162,8 +176,11 @@ def _restricted_argmax(scores: np.ndarray, columns: np.ndarray, allowed: np.ndar
 def run_folder_shift(spec, model, preprocess, tokenizer, model_name: str = "", cache=True,
                      batch_size: int = 256) -> ShiftResult:
     """Run a folder shift spec (name, path, dict or ProbeSpec) on a loaded model; see the module docstring."""
+    from clipkit.world.shifts import IN_DISTRIBUTION   # scipy (world.corruptions): not at import
     from threadpoolctl import threadpool_limits
     from clipkit.evaluate import extract_image_features, get_templates, zero_shot_classifier
+    from clipkit.evaluate.linear_probe import fit_linear_probe
+    FolderSet = _folder_set()
     spec = spec if isinstance(spec, ProbeSpec) else load_spec(spec)
     o = spec.options
     id_folders = class_folders(o.id_test)

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from clipkit.core import stats
 from clipkit.core.records import write_record
 from clipkit.probes.protocol import ProbeSpec
-from clipkit.world.shifts import IN_DISTRIBUTION, get_shift
 
 CLASSIFIERS = ("zero-shot", "linear probe")
 
@@ -30,6 +28,7 @@ class ShiftResult:
 
     def per_shift(self) -> pd.DataFrame:
         """Mean accuracy per (classifier, shift) over its severities, with the ID accuracy and the drop."""
+        from clipkit.world.shifts import IN_DISTRIBUTION   # scipy (world.corruptions): not at import
         ood = self.table[self.table["shift"] != IN_DISTRIBUTION]
         out = ood.groupby(["classifier", "shift"], sort=False)["accuracy"].mean().reset_index()
         id_acc = self.table[self.table["shift"] == IN_DISTRIBUTION].set_index("classifier")["accuracy"]
@@ -38,6 +37,7 @@ class ShiftResult:
     def metrics(self) -> dict:
         """Flat dict: zero-shot ID accuracy/ci/chance/n (the report index's keys), lp_*, OOD means, drops,
         and `zs[shift@severity]` / `lp[shift@severity]` accuracies."""
+        from clipkit.world.shifts import IN_DISTRIBUTION   # scipy (world.corruptions): not at import
         flat = dict(self.summary)
         for _, r in self.table.iterrows():
             if r["shift"] != IN_DISTRIBUTION:
@@ -59,6 +59,8 @@ def summarise(items: pd.DataFrame, n_classes: int, spec: ProbeSpec, model_name: 
     Optional item columns, for shifts that are not clipkit.world.shifts (e.g. folder datasets, the folder_shift kind):
     `n_classes` (classes scored in that condition: chance is 1/n_classes there, else 1/`n_classes`) and
     `kind`; without `lp_correct` there is no linear probe (its rows are left out, its summary keys NaN)."""
+    from clipkit.world.shifts import IN_DISTRIBUTION, get_shift   # scipy: here, not when specs are read
+    from clipkit.core import stats   # scipy (~1 s): here, so that reading specs does not load it
     present = [(c, col) for c, col in zip(CLASSIFIERS, ("zs_correct", "lp_correct")) if col in items]
     rows = []
     for (shift, sev), g in items.groupby(["shift", "severity"], sort=False):
@@ -103,6 +105,8 @@ def scene_intervals(items: pd.DataFrame, present, seed: int = 0) -> dict:
     interval is a bootstrap over scenes of v_s (a mean of scores, not a proportion). The drop is the
     mean of z_s,ID - v_s, the relative robustness the mean of v_s(zero-shot) - v_s(probe).
     {} when the conditions hold different items (folder shift)."""
+    from clipkit.world.shifts import IN_DISTRIBUTION   # scipy (world.corruptions): not at import
+    from clipkit.core import stats   # scipy (~1 s): here, so that reading specs does not load it
     if "item" not in items:
         return {}
     sets = items.groupby(["shift", "severity"], sort=False)["item"].apply(lambda x: tuple(sorted(x)))

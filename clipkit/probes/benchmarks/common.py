@@ -27,12 +27,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from clipkit.core import stats
 from clipkit.core.records import result_record, write_record
 from clipkit.data.images import BadImageError, safe_open_image
-from clipkit.evaluate.features import encode_texts, extract_image_features
 from clipkit.probes.benchmarks.files import (  # noqa: F401  (re-exported to the benchmark modules)
     DATA_ENV,
     BenchmarkDataError,
@@ -126,8 +123,11 @@ class BenchItem:
     factors: dict = field(default_factory=dict)
 
 
-class _RefDataset(torch.utils.data.Dataset):
-    """Distinct image references as a cacheable dataset of (preprocessed image, index) for extract_image_features."""
+class _RefDataset:
+    """Distinct image references as a cacheable dataset of (preprocessed image, index) for extract_image_features.
+
+    A map-style dataset (__len__ and __getitem__: all a DataLoader asks of one), not a subclass of torch's
+    Dataset, so that reading a benchmark spec imports no torch."""
 
     def __init__(self, refs: list[ImageRef], transform: Callable, name: str):
         self.refs, self.transform, self.name = refs, transform, name
@@ -179,6 +179,7 @@ def score_items(items: list[BenchItem], model, preprocess, tokenizer, name: str,
                 r.open()
             except BadImageError as e:
                 raise BenchmarkDataError(f"{name}: unreadable image (on_bad='raise'): {e}") from e
+    from clipkit.evaluate.features import encode_texts, extract_image_features   # torch: only once scoring
     feats = extract_image_features(model, _RefDataset(refs, preprocess, name), batch_size=batch_size,
                                    num_workers=num_workers, cache=cache, progress=progress, name=name)
     row = {int(i): j for j, i in enumerate(feats.index.tolist())}
@@ -220,16 +221,19 @@ def score_items(items: list[BenchItem], model, preprocess, tokenizer, name: str,
 def accuracy(correct, chance, clusters=None, seed: int = 0) -> dict:
     """stats.accuracy_summary, cluster-aware when the statistics module takes `clusters=` (it is being added;
     until then the interval is the item-level one, and `ci_clusters` says which was used)."""
+    from clipkit.core import stats   # scipy (~1 s): here, so that reading specs does not load it
     if clusters is not None and "clusters" in inspect.signature(stats.accuracy_summary).parameters:
         return {**stats.accuracy_summary(correct, chance, seed=seed, clusters=list(clusters)), "ci_clusters": True}
     return {**stats.accuracy_summary(correct, chance, seed=seed), "ci_clusters": False}
 
 
-def macro_summary(correct, groups, chance: float, seed: int = 0, n_boot: int = stats.N_BOOT) -> dict:
+def macro_summary(correct, groups, chance: float, seed: int = 0, n_boot: int | None = None) -> dict:
     """Macro accuracy (the mean of per-group accuracies, as ARO and VALSE report) with a stratified bootstrap
     95% CI (items resampled within each group, so every group keeps its size) and the verdict against chance.
     A percentile bootstrap collapses when every item is right (REFERENCE.md, statistics), so with one group
     this is `accuracy` (exact interval) instead; `ci_method` says which."""
+    from clipkit.core import stats   # scipy (~1 s): here, so that reading specs does not load it
+    n_boot = stats.N_BOOT if n_boot is None else n_boot
     c = np.asarray(correct, dtype=np.float64)
     g = np.asarray(groups)
     levels = list(dict.fromkeys(g.tolist()))
