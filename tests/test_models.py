@@ -128,3 +128,32 @@ def test_real_architecture_with_a_local_weights_file(tmp_path):
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, tmp_path / "b32.safetensors")
     loaded, preprocess, tok = load_model(f"ViT-B-32:{tmp_path / 'b32.safetensors'}")
     assert _same(loaded, m) and tok(["a dog"]).shape == (1, 77)
+
+
+# --- the grammar's torch-free home (clipkit.core.modelspec) ----------------------------------------------------
+@pytest.mark.parametrize("spec, source, name, tag", [
+    ("clipkit-tiny", "preset", "clipkit-tiny", ""),
+    (" clipkit-tiny:synthetic ", "preset", "clipkit-tiny", "synthetic"),
+    ("clipkit-nano:synthetc", "preset", "clipkit-nano", "synthetc"),    # parsed; check() refuses the tag
+    ("ViT-B-32:openai", "pretrained", "ViT-B-32", "openai"),
+    ("ViT-B-32:/no/such/w.pt", "weights", "ViT-B-32", ""),
+    ("clipkit-nano:w.safetensors", "weights", "clipkit-nano", ""),
+    ("hf-hub:org/name", "hf-hub", "org/name", ""),
+    ("local-dir:/some/dir", "local-dir", "", ""),
+])
+def test_modelspec_parses_each_line_of_the_grammar(spec, source, name, tag):
+    from clipkit.core import modelspec
+    m = modelspec.parse(spec)
+    assert (m.spec, m.source, m.name, m.tag) == (spec.strip(), source, name, tag)
+
+
+def test_modelspec_knows_open_clips_architectures_without_importing_it(tmp_path):
+    from clipkit.core import modelspec
+    import open_clip
+    # the bundled config files + our presets are exactly what open_clip lists once clipkit.models registered them
+    assert sorted({*modelspec._bundled_architectures(), *modelspec.PRESETS}) == sorted(open_clip.list_models())
+    run = tmp_path / "run"
+    save_model(models.create_model("clipkit-nano")[0], run, "clipkit-nano")
+    m = modelspec.check(str(run))
+    assert (m.source, m.path) == ("run", run)
+    assert models.check_spec is modelspec.check_spec and models.ModelSpecError is modelspec.ModelSpecError
