@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 from clipkit.core.files import ensure_writable_dir
+from clipkit.core.modelspec import DEFAULT_MODEL, check_spec   # the model spec grammar, without torch
 from clipkit.train.config import Parser, _did_you_mean
 
-DEFAULT_MODEL = "clipkit-tiny:synthetic"   # clipkit.models.DEFAULT_MODEL, named here without importing torch
 COMMANDS = ("train", "probe", "eval", "report")
 
 USAGE = """usage: clipkit COMMAND [ARGS]
@@ -59,29 +59,30 @@ def probe_main(argv=None) -> int:
     if a.suite and (a.probe or a.option):
         p.error("--suite runs every benchmark of the suite from --data or $CLIPKIT_DATA: drop --probe / --option")
     out = ensure_writable_dir(a.out) if a.out else None
-    from clipkit.probes import known_specs, load_spec, parse_option, run_any   # imports torch
+    # the probe registry, spec reader and every kind's options: no torch (tests/test_first_hour.py)
+    from clipkit.probes import known_specs, load_spec, parse_option
     if a.kinds:
         from clipkit.probes.protocol import describe_kinds
         print("probe kinds and their --option keys (defaults):\n" + describe_kinds())
         print("specs by name: " + ", ".join(f"{k} ({v})" for k, v in sorted(known_specs().items())))
         return 0
+    if not a.suite:   # every spec (name, keys, options, --option), then every model spec, before torch
+        options = dict(parse_option(o) for o in a.option)
+        specs = [load_spec(s, n=a.n, seed=a.seed, options=options) for s in (a.probe or ["counting", "spatial"])]
+    models = [check_spec(m) for m in a.model or [DEFAULT_MODEL]]   # a pretrained tag alone imports open_clip
     if a.suite:
-        from clipkit.models import check_spec
         from clipkit.probes.suite import run_suite
-        models = [check_spec(m) for m in a.model or [DEFAULT_MODEL]]   # every spec, before any model loads
         where = out or ensure_writable_dir(f"suite_{a.suite}")
         suite = run_suite(a.suite, models, where, data_root=a.data, device=a.device, n=a.n)
         print(suite.pretty())
         print(f"results: {where}")
         return 1 if suite.failed else 0
     from clipkit.core.paths import slugify
-    from clipkit.models import check_spec, load_model
+    from clipkit.models import load_model   # imports torch and open_clip
+    from clipkit.probes import run_any
     from clipkit.probes.shift_results import ShiftResult
     if a.diagnose:
         from clipkit.analysis.diagnose import add_diagnosis
-    options = dict(parse_option(o) for o in a.option)
-    specs = [load_spec(s, n=a.n, seed=a.seed, options=options) for s in (a.probe or ["counting", "spatial"])]
-    models = [check_spec(m) for m in a.model or [DEFAULT_MODEL]]   # every spec, before any model loads
     shift_results: dict[str, list] = {}   # probe name -> one ShiftResult per model
     for i, name in enumerate(models):
         model, preprocess, tokenizer = load_model(name, device=a.device)
@@ -144,9 +145,10 @@ def eval_main(argv=None) -> int:
     if a.n < 1:
         p.error(f"--n must be >= 1, got {a.n}")
     out = ensure_writable_dir(a.out) if a.out else None
-    from clipkit.models import check_spec, load_model   # imports torch
+    spec = check_spec(a.model)   # no torch yet, unless the spec has a pretrained tag (open_clip's table)
+    from clipkit.models import load_model   # imports torch
     from clipkit.evaluate.synthetic import HELD_OUT_SEED, synthetic_retrieval
-    model, preprocess, tokenizer = load_model(check_spec(a.model))
+    model, preprocess, tokenizer = load_model(spec)
     metrics = synthetic_retrieval(model, preprocess, tokenizer, n=a.n,
                                   seed=HELD_OUT_SEED if a.seed is None else a.seed)
     print(json.dumps(metrics, indent=2))
@@ -161,8 +163,11 @@ def train_main(argv=None) -> int:
     """`clipkit train ...` / `torchrun ... -m clipkit train ...`: the config from flags and YAML, the
     evaluation hook (here, not in the loop: training never imports the probes), then the loop."""
     import os
+    from clipkit.core.modelspec import ModelSpecError, architectures, unknown_arch
     from clipkit.train.config import TrainConfig
     cfg = TrainConfig.from_argv(argv)         # no torch yet: a usage error is one line, at once
+    if cfg.model not in architectures():      # a misspelt --model too, before torch (the loop would refuse it later)
+        raise ModelSpecError(unknown_arch(cfg.model))
     ensure_writable_dir(cfg.out)
     from clipkit.train.loop import TrainingInterrupted, train
     hooks = []

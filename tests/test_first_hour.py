@@ -92,6 +92,46 @@ def test_help_and_usage_errors_do_not_import_torch(argv):
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+HEAVY = ("torch", "torchvision", "open_clip", "sklearn")   # what a spec or model-spec error must not import
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["probe", "--probe", "cuonting"], "unknown probe spec 'cuonting' (did you mean 'counting'?); known: ["),
+    (["probe", "--option", "nope=1"], "counting.yaml: unknown option(s) ['nope'] for kind 'counting'; "
+                                      "known: ['counts', 'size_modes', 'image_size', 'template']"),
+    (["probe", "--option", "cuonts=[1,2]"], "unknown option(s) ['cuonts'] for kind 'counting' (did you mean 'counts'?)"),
+    (["probe", "--model", "clipkit-tiny:synthetc"], "unknown tag 'synthetc' for the clipkit preset clipkit-tiny "
+                                                     "(did you mean 'synthetic'?)"),
+    (["probe", "--model", "clipkit-nano", "--model", "clipkit-tiyn"], "did you mean ['clipkit-tiny'"),
+    (["eval", "--model", "nope"], "unknown model architecture 'nope' Presets: ['clipkit-nano'"),
+    (["eval", "--model", "ViT-B-33:openai"], "unknown model architecture 'ViT-B-33'; did you mean ['ViT-B-32:openai'"),
+    (["train", "--model", "clipkit-tiyn"], "unknown model architecture 'clipkit-tiyn'; did you mean ['clipkit-tiny'"),
+])
+def test_spec_and_model_spec_errors_are_one_line_before_torch(argv, expect, tmp_path):
+    """`python -m clipkit ...` as a user runs it: exit 1, one line on stderr naming the problem, and
+    -X importtime shows that torch, torchvision, open_clip and sklearn were never imported."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "clipkit", *argv], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path, env={**os.environ, "CLIPKIT_HOME": str(tmp_path / "home")})
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    err = [line for line in r.stderr.splitlines() if not line.startswith("import time:")]
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert len(err) == 1 and err[0].startswith(f"clipkit {argv[0]}: error: ") and expect in err[0], err
+    assert "clipkit.probes" in imported or argv[0] != "probe"      # the registry was read (it is torch-free)
+    assert not sorted(set(HEAVY) & imported), sorted(set(HEAVY) & imported)
+
+
+def test_the_probe_registry_imports_no_torch():
+    """`import clipkit.probes`: the protocol, the spec reader and every kind's options dataclass, registered;
+    reading caption-choice and benchmark specs imports nothing heavy either. (shift and finegrained specs
+    still do: their family check reads data.classification.FAMILIES, whose module imports torch.)"""
+    code = ("import sys\nimport clipkit.probes as p\nassert len(p.KINDS) == 14, sorted(p.KINDS)\n"
+            "for s in ('counting', 'spatial_swap', 'binding', 'example_jsonl', 'sugarcrepe', 'aro', 'winoground'):\n"
+            "    p.load_spec(s)\n"
+            "heavy = sorted(m for m in %r if m in sys.modules)\nassert not heavy, heavy\n" % (HEAVY,))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 def test_cli_default_model_is_the_library_default():
     from clipkit.models import DEFAULT_MODEL
     assert cli.DEFAULT_MODEL == DEFAULT_MODEL
