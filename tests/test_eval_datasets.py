@@ -44,7 +44,9 @@ def test_each_class_of_each_family_shows_its_factor(family):
         elif family == "size":
             assert obj.r == pytest.approx(synth.SIZES[name] * 1.3)
         elif family == "count":
-            assert len(scene.objects) == synth.NUMBER_WORDS.index(name)
+            word, noun = name.split()                  # "one shape", "two shapes": the noun agrees with the count
+            assert len(scene.objects) == synth.NUMBER_WORDS.index(word)
+            assert noun == ("shape" if word == "one" else "shapes")
         assert ds[i][0].size == (72, 72)
 
 
