@@ -122,10 +122,11 @@ def test_spec_and_model_spec_errors_are_one_line_before_torch(argv, expect, tmp_
 
 def test_the_probe_registry_imports_no_torch():
     """`import clipkit.probes`: the protocol, the spec reader and every kind's options dataclass, registered;
-    reading caption-choice and benchmark specs imports nothing heavy either. (shift and finegrained specs
-    still do: their family check reads data.classification.FAMILIES, whose module imports torch.)"""
+    reading every kind's specs imports nothing heavy either (the shift and fine-grained family checks read
+    the torch-free clipkit.data.families)."""
     code = ("import sys\nimport clipkit.probes as p\nassert len(p.KINDS) == 14, sorted(p.KINDS)\n"
-            "for s in ('counting', 'spatial_swap', 'binding', 'example_jsonl', 'sugarcrepe', 'aro', 'winoground'):\n"
+            "for s in ('counting', 'spatial_swap', 'binding', 'example_jsonl', 'sugarcrepe', 'aro', 'winoground',\n"
+            "          'shift', 'finegrained_polygon', 'finegrained_shade'):\n"
             "    p.load_spec(s)\n"
             "heavy = sorted(m for m in %r if m in sys.modules)\nassert not heavy, heavy\n" % (HEAVY,))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

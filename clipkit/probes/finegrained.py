@@ -45,7 +45,7 @@ class FineGrainedOptions:
         if not self.dataset:
             raise SpecError("option 'dataset' is required: 'synthetic:<family>', 'imagefolder' or a torchvision name")
         if self.dataset.startswith("synthetic"):
-            from clipkit.data.classification import FAMILIES
+            from clipkit.data.families import FAMILIES
             family = self.dataset.partition(":")[2] or "shape"
             if family not in FAMILIES:
                 raise SpecError(f"option 'dataset': unknown synthetic family {family!r}; known: {sorted(FAMILIES)}")

@@ -38,7 +38,7 @@ class ShiftOptions:
 
     def __post_init__(self):
         from clipkit.world.shifts import SHIFTS   # scipy (world.corruptions): here, not at import
-        from clipkit.data.classification import FAMILIES
+        from clipkit.data.families import FAMILIES
         if self.family not in FAMILIES:
             raise SpecError(f"option 'family': unknown family {self.family!r}; known synthetic families: "
                             f"{sorted(FAMILIES)}")
