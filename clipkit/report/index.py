@@ -99,7 +99,7 @@ def _render(rows: list[dict], probes: list[str], paired: list[dict] = (), experi
             f"<style>{_CSS}</style></head><body><h1>clipkit reports</h1>"
             f"<p class=meta>Accuracy with its 95% CI [low, high], chance level and n. Under each cell: the "
             f"notebook's run time and date; <b>cached</b>: not executed this time, its inputs unchanged since "
-            f"that run (`clipkit report --force` executes it). "
+            f"that run (<code>clipkit report --force</code> executes it). "
             f"Generated {esc(now())}.</p><table><tr><th>model</th>{head}</tr>{''.join(body)}</table>"
             f"{_paired_table(paired)}{_figures(rows)}{_experiments(experiments)}"
             f"<h2>Runs</h2><table><tr><th>model / experiments</th><th>updated</th><th>git</th><th>versions</th></tr>"

@@ -171,9 +171,11 @@ def _run_all(folders: list[_Folder], nbs, declared, parameters, opt: Options) ->
                   file=sys.stderr, flush=True)
             e = run_notebook(nb, folder.path, given, opt, old)
             e.update(inputs=key if e["status"] == "ok" else None)   # a failed run is never reused
-            print(f"{tag} ok in {e['seconds']:.1f}s" if e["status"] == "ok" else
-                  f"{tag} FAILED (see {folder.path / e['failed_notebook'] if e['failed_notebook'] else e['error'].splitlines()[0]})",
-                  file=sys.stderr, flush=True)
+            if e["status"] == "ok":
+                print(f"{tag} ok in {e['seconds']:.1f}s", file=sys.stderr, flush=True)
+            else:
+                where = folder.path / e["failed_notebook"] if e["failed_notebook"] else e["error"].splitlines()[0]
+                print(f"{tag} FAILED (see {where})", file=sys.stderr, flush=True)
         e.update(parameters=params, git=e.get("git") if e["status"] == "cached" else meta["git"])
         with lock:
             folder.entries[nb.stem] = e
@@ -188,14 +190,19 @@ def _run_all(folders: list[_Folder], nbs, declared, parameters, opt: Options) ->
             for i in range(len(tasks)):
                 one(i)
         else:
-            with ThreadPoolExecutor(opt.jobs, thread_name_prefix="notebook") as pool:
+            pool = ThreadPoolExecutor(opt.jobs, thread_name_prefix="notebook")
+            try:
                 for fut in [pool.submit(one, i) for i in range(len(tasks))]:
                     fut.result()
+            finally:  # on Ctrl-C (or an error) start no further notebook; the running ones end
+                pool.shutdown(wait=True, cancel_futures=True)
     summary = ReportSummary()
     for (folder, nb), e in zip(tasks, results):  # in task order, whatever order they finished in
-        item = {"model": folder.label, "notebook": str(nb), "path": str(folder.path / f"{nb.stem}.ipynb"), "error": None}
+        item = {"model": folder.label, "notebook": str(nb), "path": str(folder.path / f"{nb.stem}.ipynb"),
+                "error": None}
         if e["status"] == "failed":  # no failed notebook only if papermill could not even start writing one
-            item.update(path=str(folder.path / e["failed_notebook"]) if e["failed_notebook"] else None, error=e["error"])
+            item.update(path=str(folder.path / e["failed_notebook"]) if e["failed_notebook"] else None,
+                        error=e["error"])
         {"ok": summary.ok, "cached": summary.cached, "failed": summary.failed}[e["status"]].append(item)
     return summary
 
