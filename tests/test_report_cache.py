@@ -108,6 +108,20 @@ def test_a_failed_notebook_is_never_cached(tmp_path, code):
 
 
 @pytest.mark.slow  # starts Jupyter kernels
+def test_a_notebook_writing_where_a_parameter_points_is_cached(tmp_path, code):
+    """Like an experiment's RUN_ROOT: what the notebook wrote there is what the next run finds."""
+    nb = make_notebook(tmp_path / "experiment_w.ipynb", COUNT,
+                       "import pathlib\npathlib.Path(RUN_ROOT).mkdir(exist_ok=True)\n"
+                       "(pathlib.Path(RUN_ROOT) / 'model.bin').write_text('trained')",
+                       params=f'OUT_DIR = "."\nN = 1\nNAME = "experiment_w"\nRUN_ROOT = {str(tmp_path / "runs")!r}')
+    out = tmp_path / "reports"
+    assert report.run_experiments([nb], out_root=out).ok and executed(tmp_path) == ["experiment_w"]
+    assert report.run_experiments([nb], out_root=out).cached and executed(tmp_path) == []
+    (tmp_path / "runs" / "model.bin").unlink()   # its trained model deleted: it runs again
+    assert report.run_experiments([nb], out_root=out).ok and executed(tmp_path) == ["experiment_w"]
+
+
+@pytest.mark.slow  # starts Jupyter kernels
 def test_concurrent_failure_keeps_the_others(tmp_path, code):
     """Two notebooks at once, one fails: the other's outputs are promoted, both are in run.json."""
     good = counting_notebook(tmp_path, "probe_good")

@@ -15,8 +15,9 @@ A notebook's *inputs key* is a hash of everything its outputs can depend on:
                  parameters (size and mtime of the files, not their bytes)
     output       the kernel and the HTML options (they change what is written)
 
-The key of the run that produced a notebook's current outputs is kept in run.json; a notebook whose
-key matches, whose last run succeeded and whose outputs are all still on disk is not executed.
+The key of the run that produced a notebook's current outputs is kept in run.json (its data part
+taken when that run ended: see `after_run`); a notebook whose key matches, whose last run succeeded
+and whose outputs are all still on disk is not executed.
 
 Written here rather than taken from jupyter-cache: jupyter-cache keys a notebook by its code cells
 only and keeps outputs in its own database, while a clipkit report must also key on the model's
@@ -169,6 +170,15 @@ def inputs_key(nb: Path, parameters: dict, options: dict) -> dict:
              "parameters": params_fingerprint(**parameters), "models": models,
              "code": code_fingerprint(), "data": data_stamp(sources, parameters),
              "options": options}
+    return {"hash": params_fingerprint(**parts), "parts": parts}
+
+
+def after_run(key: dict, nb: Path, parameters: dict) -> dict:
+    """The key to store for a run that just succeeded: its data part taken again, now. A notebook may
+    write where a parameter points (an experiment's RUN_ROOT keeps its trained models); the state it
+    left there is what the next run will find, so keying the data as it was before the run would make
+    such a notebook rerun every time. (An edit of that data while the notebook ran is not seen.)"""
+    parts = {**key["parts"], "data": data_stamp(code_cells(nb), parameters)}
     return {"hash": params_fingerprint(**parts), "parts": parts}
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from clipkit.core.files import atomic_write_json, atomic_write_text, read_json
 from clipkit.core.paths import slugify
 from clipkit.core.records import jsonable, package_version, versions
-from clipkit.report.cache import changed, inputs_key
+from clipkit.report.cache import after_run, changed, inputs_key
 from clipkit.report.execute import Options, kernel_threads, promote as _promote, run_notebook  # noqa: F401 (_promote: tests)
 from clipkit.report.index import EXPERIMENTS, build_index, now
 
@@ -170,7 +170,8 @@ def _run_all(folders: list[_Folder], nbs, declared, parameters, opt: Options) ->
             print(f"{tag} ... ({', '.join(why) or 'last run failed or its outputs are missing'})",
                   file=sys.stderr, flush=True)
             e = run_notebook(nb, folder.path, given, opt, old)
-            e.update(inputs=key if e["status"] == "ok" else None)   # a failed run is never reused
+            ok = e["status"] == "ok" and key is not None
+            e.update(inputs=after_run(key, nb, given) if ok else None)   # a failed run is never reused
             if e["status"] == "ok":
                 print(f"{tag} ok in {e['seconds']:.1f}s", file=sys.stderr, flush=True)
             else:
