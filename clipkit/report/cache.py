@@ -85,7 +85,7 @@ def default_checkpoint_dir(preset: str) -> Path:
 
 def model_stamp(spec: str) -> str:
     """What identifies a model spec's weights without loading the model (see the module docstring)."""
-    PRESETS = {p.stem for p in CONFIG_DIR.glob("*.json")}  # noqa: N806 (clipkit.models.PRESETS)
+    presets = {p.stem for p in CONFIG_DIR.glob("*.json")}  # clipkit.models.PRESETS
     spec = str(spec).strip()
     path = Path(spec).expanduser()
     if spec.startswith("local-dir:"):
@@ -96,9 +96,9 @@ def model_stamp(spec: str) -> str:
     if path.is_dir() and (path / CHECKPOINT_META).exists():
         return _weights(path / WEIGHTS_FILE)
     name, _, tag = spec.partition(":")
-    if name in PRESETS and tag in ("", "random"):
+    if name in presets and tag in ("", "random"):
         return "random:" + file_hash(CONFIG_DIR / f"{name}.json")
-    if name in PRESETS and tag == "synthetic":
+    if name in presets and tag == "synthetic":
         return _weights(default_checkpoint_dir(name) / WEIGHTS_FILE)
     if tag and Path(tag).expanduser().exists():
         return "file:" + files_fingerprint([Path(tag).expanduser()])
