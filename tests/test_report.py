@@ -182,8 +182,9 @@ def test_index_compares_models_on_the_same_items(tmp_path):
     for name, correct in [("a_model", [1] * 40 + [0] * 10), ("b_model", [0] * 30 + [1] * 20)]:
         d = tmp_path / name
         d.mkdir()
-        pd.DataFrame({"item": range(50), "correct": [bool(c) for c in correct], "chance": 0.5}).to_csv(
-            d / "counting.csv", index=False)
+        # the same 50 items (item_id: the engine's image + captions hash) for both models
+        pd.DataFrame({"item": range(50), "item_id": [f"id{i}" for i in range(50)],
+                      "correct": [bool(c) for c in correct], "chance": 0.5}).to_csv(d / "counting.csv", index=False)
     build_index(tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     (c,) = summary["paired"]
@@ -268,18 +269,19 @@ def test_report_logs_have_no_tcp_warning_but_real_warnings_show(tmp_path, capfd)
     assert "UserWarning: real warning" in outputs(summary.ok[0]["path"])
 
 
-def test_paired_test_aligns_on_item_with_known_counts():
-    """Hand-made tables: a and b share items 1..4 (in a different order); item 0 and 5 are unshared."""
+def test_paired_test_aligns_on_item_identity_with_known_counts():
+    """Hand-made tables of the same five items (item_id) listed in different orders."""
     import pandas as pd
-    from clipkit.analysis.compare import paired_test
-    a = pd.DataFrame({"item": [0, 1, 2, 3, 4], "correct": [True, True, True, False, True]})
-    b = pd.DataFrame({"item": [4, 3, 2, 1, 5], "correct": [False, False, True, False, True]})
+    from clipkit.analysis.compare import ItemMismatch, paired_test
+    a = pd.DataFrame({"item_id": ["p", "q", "r", "s", "t"], "correct": [True, True, True, False, True]})
+    b = pd.DataFrame({"item_id": ["t", "s", "r", "q", "p"], "correct": [False, False, True, False, True]})
     t = paired_test(a, b)
-    # shared 1..4: a = T T F T, b = F T F F -> only a right on items 1 and 4, only b right on none
-    assert (t["n"], t["only_a"], t["only_b"], t["acc_a"], t["acc_b"]) == (4, 2, 0, 0.75, 0.25)
-    assert t["p_value"] == pytest.approx(0.5) and t["diff"] == pytest.approx(0.5)   # 2 * 0.5**2
-    assert paired_test(a, b.assign(item=b["item"] + 10))["n"] == 0
-    with pytest.raises(ValueError, match="no column"):
+    # by id: p T/T, q T/F, r T/T, s F/F, t T/F -> only a right on q and t, only b right on none
+    assert (t["n"], t["only_a"], t["only_b"], t["acc_a"], t["acc_b"]) == (5, 2, 0, 0.8, 0.4)
+    assert t["p_value"] == pytest.approx(0.5) and t["diff"] == pytest.approx(0.4)   # exact: 2 * 0.5**2
+    with pytest.raises(ItemMismatch, match="counting"):                     # other items: refused, naming the probe
+        paired_test(a, b.assign(item_id=["t", "s", "r", "q", "x"]), probe="counting")
+    with pytest.raises(ValueError, match="neither 'credit' nor 'correct'"):
         paired_test(a.rename(columns={"correct": "hit"}), b)
 
 
@@ -292,3 +294,23 @@ def test_run_metadata_lists_extra_versions_and_read_json_tolerates_bad_files(tmp
     assert read_json(tmp_path / "missing.json") is None
     assert read_json(atomic_write_text(tmp_path / "cut.json", '{"a": ')) is None
     assert read_json(atomic_write_text(tmp_path / "ok.json", '{"a": 1}')) == {"a": 1}
+
+
+def test_benchmark_notebooks_join_the_default_set_only_with_clipkit_data(tmp_path, monkeypatch, capsys):
+    """`make report` runs notebooks/benchmark_*.ipynb per model when $CLIPKIT_DATA is set, and says in one
+    line that it skipped them when it is not (the notebooks are not executed here: _run_all is stubbed)."""
+    from pathlib import Path
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    seen = []
+    monkeypatch.setattr(report, "_run_all", lambda folders, nbs, *a, **k: seen.append([p.stem for p in nbs])
+                        or report.ReportSummary())
+    monkeypatch.setattr(report, "build_index", lambda out_root: None)
+    monkeypatch.delenv("CLIPKIT_DATA", raising=False)
+    report.run_reports(["clipkit-nano"], out_root=tmp_path)
+    assert "benchmark_failures" not in seen[-1] and "probe_counting" in seen[-1]
+    assert "benchmark_failures skipped: CLIPKIT_DATA is not set" in capsys.readouterr().err
+    monkeypatch.setenv("CLIPKIT_DATA", str(tmp_path))
+    report.run_reports(["clipkit-nano"], out_root=tmp_path)
+    assert "benchmark_failures" in seen[-1] and "skipped" not in capsys.readouterr().err
+    report.run_reports(["clipkit-nano"], notebooks=["notebooks/probe_counting.ipynb"], out_root=tmp_path)
+    assert seen[-1] == ["probe_counting"]                                  # an explicit list is taken as given

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from clipkit.core.files import atomic_write_text, read_json
+from clipkit.report.results_table import matrix_html, model_sections_html, write_results_csv
 
 EXPERIMENTS = "experiments"   # the folder of reports/ that holds the experiment notebooks' reports
 
@@ -34,6 +35,7 @@ def build_index(out_root="reports") -> Path:
     atomic_write_text(root / "summary.json", json.dumps(
         {"generated": now(), "probes": probes, "models": rows, "paired": paired, "experiments": experiments},
         indent=2) + "\n")
+    write_results_csv(root, {"probes": probes, "models": rows})   # every record as tidy rows, for pandas users
     atomic_write_text(root / "index.html", _render(rows, probes, paired, experiments))
     return root / "index.html"
 
@@ -78,19 +80,10 @@ figcaption{font-size:.8em;color:#555}"""
 
 
 def _render(rows: list[dict], probes: list[str], paired: list[dict] = (), experiments: dict | None = None) -> str:
-    """The models x probes table, paired comparisons, key figures, experiments and the runs table as
-    one HTML page (figures are linked files beside it: PNG shown, SVG one click away)."""
+    """The compact models x probes matrix (each model's details a click away), paired comparisons, key
+    figures, experiments and the runs table as one HTML page (figures are linked files beside it: PNG shown, SVG one click away)."""
     esc = html.escape
-    head = "".join(f"<th>{esc(p)}</th>" for p in probes)
-    body = []
-    for r in rows:
-        cells = []
-        for key in probes:
-            p = r["probes"].get(key)
-            failed = bool(p and p["status"] == "failed")
-            cells.append(f'<td class="{"failed" if failed else ""}">{_cell(key, p) if p else "&mdash;"}</td>')
-        slug = f"<div class=meta>{esc(r['slug'])}</div>" if r["slug"] != r["model"] else ""
-        body.append(f"<tr><th>{esc(r['model'])}{slug}</th>{''.join(cells)}</tr>")
+    summary = {"probes": probes, "models": rows}
     runs = "".join(f"<tr><td>{esc(r['model'])}</td><td>{esc(str(r['updated'] or ''))}</td>"
                    f"<td>{esc(str(r['git'] or '?'))}</td>"
                    f"<td>{esc(', '.join(f'{k} {v}' for k, v in r['versions'].items()))}</td></tr>"
@@ -100,7 +93,7 @@ def _render(rows: list[dict], probes: list[str], paired: list[dict] = (), experi
             f"<p class=meta>Accuracy with its 95% CI [low, high], chance level and n. Under each cell: the "
             f"notebook's run time and date; <b>cached</b>: not executed this time, its inputs unchanged since "
             f"that run (<code>clipkit report --force</code> executes it). "
-            f"Generated {esc(now())}.</p><table><tr><th>model</th>{head}</tr>{''.join(body)}</table>"
+            f"Generated {esc(now())}.</p>{matrix_html(summary)}{model_sections_html(summary, _cell)}"
             f"{_paired_table(paired)}{_figures(rows)}{_experiments(experiments)}"
             f"<h2>Runs</h2><table><tr><th>model / experiments</th><th>updated</th><th>git</th><th>versions</th></tr>"
             f"{runs}</table>"

@@ -165,7 +165,9 @@ def _cell(stem: str, name: str, p: dict | None, slug: str) -> str:
         tip = f"{name}: {'FAILED: ' + (p.get('error') or 'unknown error').splitlines()[0] if failed else 'no accuracy recorded'}"
         return f'<td class={cls} title="{esc(tip)}"><a href="{esc(href)}">{label}</a></td>'
     cls = verdict_class(m) + (" stale" if failed else "")
-    tip = (f"{name}: {_fmt(m['accuracy'])} [{_fmt(m.get('ci_low'))}, {_fmt(m.get('ci_high'))}] · chance "
+    ci = (f"[{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}]" if _num(m.get("ci_low")) and _num(m.get("ci_high"))
+          else "(no CI recorded)")
+    tip = (f"{name}: {_fmt(m['accuracy'])} {ci} · chance "
            f"{_fmt(m.get('chance'))} · n={_fmt(m.get('n'))}" + (f" · {m['verdict']}" if isinstance(m.get("verdict"), str)
                                                                else "") + (" · last run FAILED" if failed else ""))
     return f'<td class="{cls}" title="{esc(tip)}"><a href="{esc(href)}">{round(100 * m["accuracy"])}</a></td>'

@@ -31,6 +31,7 @@ from clipkit.report.index import EXPERIMENTS, build_index, now
 DEFAULT_KERNEL = "python3"  # jupyter_client runs this kernel with sys.executable: the caller's env
 RESERVED = ("MODEL", "OUT_DIR")  # set per model by run_reports, never by the user
 DEFAULT_NOTEBOOKS = ("notebooks/probe_*.ipynb", "notebooks/analysis_*.ipynb")  # per model
+DATA_NOTEBOOKS = ("notebooks/benchmark_*.ipynb",)  # per model too, only when $CLIPKIT_DATA names the benchmarks
 EXPERIMENT_NOTEBOOKS = ("notebooks/experiment_*.ipynb",)  # train their own models
 DEFAULT_JOBS = min(2, os.cpu_count() or 1)  # notebooks at once: each kernel keeps about one core busy
 
@@ -81,7 +82,11 @@ def run_reports(models: list[str], notebooks: list[str | Path] | None = None, ou
     """
     if not models:
         raise ValueError("no model given: pass at least one model spec (e.g. --model clipkit-tiny)")
-    nbs = _find_notebooks(notebooks, DEFAULT_NOTEBOOKS)
+    data = bool(os.environ.get("CLIPKIT_DATA"))
+    nbs = _find_notebooks(notebooks, DEFAULT_NOTEBOOKS + (DATA_NOTEBOOKS if data else ()))
+    if notebooks is None and not data:
+        print("[clipkit report] benchmark_failures skipped: CLIPKIT_DATA is not set (a folder with one "
+              "sub-folder per published benchmark; see `clipkit probe --suite failures`)", file=sys.stderr)
     declared = _check_parameters(nbs, parameters or {})
     slugs = {}  # slug -> spec; two specs in one folder would overwrite each other's reports
     for spec in dict.fromkeys(models):
