@@ -176,15 +176,19 @@ def test_model_stamp_hashes_a_checkpoints_weights(tmp_path, monkeypatch):
     assert cache.model_stamp("ViT-B-32:openai") == "ViT-B-32:openai"   # a pretrained tag names fixed weights
 
 
-def test_model_grammar_matches_clipkit_models(tmp_path, monkeypatch):
-    """cache.py restates a few names of clipkit.models (to key a rerun without importing torch)."""
-    import clipkit.models as models
+def test_model_stamp_reads_the_one_grammar_without_torch(tmp_path, monkeypatch):
+    """The cache keys a model through clipkit.core.modelspec, the grammar clipkit.models loads by: every
+    preset is keyed by its config, and keying imports neither torch nor open_clip."""
+    import subprocess
+    import sys
+    from clipkit.core import modelspec
     monkeypatch.setenv("CLIPKIT_HOME", str(tmp_path))
-    assert (cache.CONFIG_DIR, cache.CHECKPOINT_META, cache.WEIGHTS_FILE) == (
-        models.CONFIG_DIR, models.CHECKPOINT_META, models.WEIGHTS_FILE)
-    for preset in models.PRESETS:
-        assert cache.default_checkpoint_dir(preset) == models.default_checkpoint_dir(preset)
-        assert cache.model_stamp(preset).startswith("random:")
+    for preset in modelspec.PRESETS:
+        assert cache.model_stamp(preset) == "random:" + cache.file_hash(modelspec.CONFIG_DIR / f"{preset}.json")
+    code = ("import sys\nfrom clipkit.report import cache\ncache.model_stamp('clipkit-tiny:synthetic')\n"
+            "cache.model_stamp('ViT-B-32:openai')\nassert not {'torch', 'open_clip'} & set(sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_code_fingerprint_sees_every_code_file(tmp_path):

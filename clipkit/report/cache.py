@@ -35,7 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from clipkit.core.fingerprints import files_fingerprint, folder_fingerprint, params_fingerprint
-from clipkit.core.paths import clipkit_home
+from clipkit.core.modelspec import CHECKPOINT_META, CONFIG_DIR, WEIGHTS_FILE, default_checkpoint_dir, parse
 
 PACKAGE = Path(__file__).resolve().parents[1]        # clipkit/
 CODE_SUFFIXES = (".py", ".json", ".yaml", ".yml")    # what the package's behaviour is made of
@@ -71,38 +71,25 @@ def _file_hash(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()[:16]
 
 
-# clipkit.models' spec grammar, restated so that keying a rerun does not import torch and open_clip
-# (~10 s on a busy 2-core machine, most of a rerun where nothing changed); tests/test_report_cache.py
-# checks these against clipkit.models.
-CONFIG_DIR = PACKAGE / "models" / "configs"     # the presets' open_clip configs
-CHECKPOINT_META, WEIGHTS_FILE = "clipkit.json", "model.safetensors"
-
-
-def default_checkpoint_dir(preset: str) -> Path:
-    """Where `<preset>:synthetic` is cached (clipkit.models.default_checkpoint_dir)."""
-    return clipkit_home() / "models" / f"{preset}-synthetic"
-
-
 def model_stamp(spec: str) -> str:
-    """What identifies a model spec's weights without loading the model (see the module docstring)."""
-    presets = {p.stem for p in CONFIG_DIR.glob("*.json")}  # clipkit.models.PRESETS
-    spec = str(spec).strip()
-    path = Path(spec).expanduser()
-    if spec.startswith("local-dir:"):
-        folder = Path(spec.removeprefix("local-dir:")).expanduser()
-        return f"local-dir:{folder_fingerprint(folder) if folder.is_dir() else 'missing'}"
-    if spec.startswith("hf-hub:"):
-        return spec
-    if path.is_dir() and (path / CHECKPOINT_META).exists():
-        return _weights(path / WEIGHTS_FILE)
-    name, _, tag = spec.partition(":")
-    if name in presets and tag in ("", "random"):
-        return "random:" + file_hash(CONFIG_DIR / f"{name}.json")
-    if name in presets and tag == "synthetic":
-        return _weights(default_checkpoint_dir(name) / WEIGHTS_FILE)
-    if tag and Path(tag).expanduser().exists():
-        return "file:" + files_fingerprint([Path(tag).expanduser()])
-    return spec  # a pretrained tag (or an unknown spec: the notebook's own check reports it)
+    """What identifies a model spec's weights without loading the model (see the module docstring).
+
+    The spec is read by clipkit.core.modelspec, the one grammar (no torch or open_clip import: keying a
+    rerun where nothing changed stays a matter of seconds)."""
+    m = parse(spec)
+    if m.source == "local-dir":
+        return f"local-dir:{folder_fingerprint(m.path) if m.path.is_dir() else 'missing'}"
+    if m.source == "hf-hub":
+        return m.spec
+    if m.source == "run" and (m.path / CHECKPOINT_META).exists():
+        return _weights(m.path / WEIGHTS_FILE)
+    if m.source == "preset" and m.tag in ("", "random"):
+        return "random:" + file_hash(CONFIG_DIR / f"{m.name}.json")
+    if m.source == "preset" and m.tag == "synthetic":
+        return _weights(default_checkpoint_dir(m.name) / WEIGHTS_FILE)
+    if m.source == "weights" and m.path.exists():
+        return "file:" + files_fingerprint([m.path])
+    return m.spec  # a pretrained tag (or an unknown spec: the notebook's own check reports it)
 
 
 def _weights(path: Path) -> str:
