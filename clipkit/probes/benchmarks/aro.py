@@ -46,12 +46,11 @@ from clipkit.probes.benchmarks.common import (
     limited,
     macro_summary,
     read_json,
+    register_benchmark,
     require_keys,
     require_root,
     run_benchmark,
-    run_spec,
 )
-from clipkit.probes.protocol import register
 
 BENCHMARK = "aro"
 VG_FILES = {"visual_genome_relation": "relation_name", "visual_genome_attribution": "attributes"}
@@ -285,10 +284,4 @@ def run(options: Options, model, preprocess, tokenizer, model_name: str = "", na
                          tokenizer, model_name, name, seed, cache, progress)
 
 
-def run_kind(spec, model, preprocess, tokenizer, model_name: str = ""):
-    """The runner of probe kind 'aro' (clipkit.probes.protocol): `run` with the spec's options, name and seed."""
-    return run_spec(run, spec, model, preprocess, tokenizer, model_name)
-
-
-# n: null reads every item (the published counts); a number caps the items read per subset
-register(BENCHMARK, Options, run_kind, n_default=None, n_nullable=True)
+register_benchmark(BENCHMARK, Options, run)   # the probe kind (n: null reads every item, the published counts)

@@ -357,3 +357,28 @@ def run_spec(run_fn: Callable, spec, model, preprocess, tokenizer, model_name: s
     if spec.n is not None:
         o = dataclasses.replace(o, limit=min(o.limit or spec.n, spec.n))
     return run_fn(o, model, preprocess, tokenizer, model_name=model_name, name=spec.name, seed=spec.seed)
+
+
+def register_benchmark(benchmark: str, options_cls: type, run_fn: Callable) -> Callable:
+    """Register `run_fn(options, model, preprocess, tokenizer, model_name, name, seed, cache, progress)` as the
+    probe kind `benchmark` (clipkit.probes.protocol): the spec's options, name and seed; n: null reads every
+    item (the published counts), a number caps the items read per subset. Returns run_fn."""
+    from clipkit.probes.protocol import register
+
+    def run_kind(spec, model, preprocess, tokenizer, model_name: str = ""):
+        return run_spec(run_fn, spec, model, preprocess, tokenizer, model_name)
+    run_kind.__doc__ = f"The runner of probe kind {benchmark!r}: `run` with the spec's options, name and seed."
+    register(benchmark, options_cls, run_kind, n_default=None, n_nullable=True)
+    return run_fn
+
+
+def standard_benchmark(benchmark: str, options_cls: type, read_fn: Callable, score_fn: Callable,
+                       metrics: list[Metric], factors: list[str]) -> Callable:
+    """The `run` of a benchmark that is read -> scored -> summarised with nothing added (run_benchmark),
+    registered as a probe kind (register_benchmark); returns it."""
+    def run(options, model, preprocess, tokenizer, model_name: str = "", name: str = benchmark, seed: int = 0,
+            cache=True, progress: bool = False) -> BenchmarkResult:
+        return run_benchmark(benchmark, read_fn(options), score_fn, metrics, factors, options, model, preprocess,
+                             tokenizer, model_name, name, seed, cache, progress)
+    run.__doc__ = f"Read and score {benchmark} on a loaded model; returns a BenchmarkResult."
+    return register_benchmark(benchmark, options_cls, run)

@@ -38,12 +38,11 @@ from clipkit.probes.benchmarks.common import (
     log,
     read_json,
     read_parquet,
+    register_benchmark,
     require_keys,
     require_root,
     run_benchmark,
-    run_spec,
 )
-from clipkit.probes.protocol import register
 
 BENCHMARK = "countbench"
 NUMBER_WORDS = ("two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")   # the paper's 2..10
@@ -179,10 +178,4 @@ def run(options: Options, model, preprocess, tokenizer, model_name: str = "", na
     return res
 
 
-def run_kind(spec, model, preprocess, tokenizer, model_name: str = ""):
-    """The runner of probe kind 'countbench' (clipkit.probes.protocol): `run` with the spec's options, name and seed."""
-    return run_spec(run, spec, model, preprocess, tokenizer, model_name)
-
-
-# n: null reads every item (the published counts); a number caps the items read per subset
-register(BENCHMARK, Options, run_kind, n_default=None, n_nullable=True)
+register_benchmark(BENCHMARK, Options, run)   # the probe kind (n: null reads every item, the published counts)

@@ -40,10 +40,8 @@ from clipkit.probes.benchmarks.common import (
     read_json,
     require_keys,
     require_root,
-    run_benchmark,
-    run_spec,
+    standard_benchmark,
 )
-from clipkit.probes.protocol import register
 
 BENCHMARK = "valse"
 # piece -> (phenomenon, file names as published and as config.py spells them, default image folder under root)
@@ -160,17 +158,5 @@ def score(items: list[BenchItem], scores: list[np.ndarray], seed: int = 0) -> tu
     return rows, published
 
 
-def run(options: Options, model, preprocess, tokenizer, model_name: str = "", name: str = BENCHMARK, seed: int = 0,
-        cache=True, progress: bool = False):
-    """Read and score VALSE on a loaded model; returns a BenchmarkResult."""
-    return run_benchmark(BENCHMARK, read(options), score, METRICS, FACTORS, options, model, preprocess, tokenizer,
-                         model_name, name, seed, cache, progress)
-
-
-def run_kind(spec, model, preprocess, tokenizer, model_name: str = ""):
-    """The runner of probe kind 'valse' (clipkit.probes.protocol): `run` with the spec's options, name and seed."""
-    return run_spec(run, spec, model, preprocess, tokenizer, model_name)
-
-
-# n: null reads every item (the published counts); a number caps the items read per subset
-register(BENCHMARK, Options, run_kind, n_default=None, n_nullable=True)
+# read -> score -> summary, registered as the probe kind (n: null reads every item, the published counts)
+run = standard_benchmark(BENCHMARK, Options, read, score, METRICS, FACTORS)

@@ -38,10 +38,8 @@ from clipkit.probes.benchmarks.common import (
     read_json,
     require_keys,
     require_root,
-    run_benchmark,
-    run_spec,
+    standard_benchmark,
 )
-from clipkit.probes.protocol import register
 
 BENCHMARK = "whatsup"
 CONTROLLED = {"controlled_images": "controlled_images_dataset.json", "controlled_clevr": "controlled_clevr_dataset.json"}
@@ -159,17 +157,5 @@ def _pair_set(subset: str, rows: list[dict], seed: int) -> dict:
     return {f"{subset}_pair": pair, f"{subset}_set": sets}
 
 
-def run(options: Options, model, preprocess, tokenizer, model_name: str = "", name: str = BENCHMARK, seed: int = 0,
-        cache=True, progress: bool = False):
-    """Read and score What'sUp on a loaded model; returns a BenchmarkResult."""
-    return run_benchmark(BENCHMARK, read(options), score, METRICS, FACTORS, options, model, preprocess, tokenizer,
-                         model_name, name, seed, cache, progress)
-
-
-def run_kind(spec, model, preprocess, tokenizer, model_name: str = ""):
-    """The runner of probe kind 'whatsup' (clipkit.probes.protocol): `run` with the spec's options, name and seed."""
-    return run_spec(run, spec, model, preprocess, tokenizer, model_name)
-
-
-# n: null reads every item (the published counts); a number caps the items read per subset
-register(BENCHMARK, Options, run_kind, n_default=None, n_nullable=True)
+# read -> score -> summary, registered as the probe kind (n: null reads every item, the published counts)
+run = standard_benchmark(BENCHMARK, Options, read, score, METRICS, FACTORS)
