@@ -70,8 +70,8 @@ class Style:
     frame: int = 0                       # index into FRAMES (training captions only)
     seed: int = 0                        # noise and clutter positions
 
-    def render(self, scene: synth.Scene, size: int = 72, supersample: int = 2, palette: dict | None = None,
-               canvas=None) -> Image.Image:
+    def render(self, scene: synth.Scene, size: int = 72, supersample: int = 2,
+               palette: dict | None = None) -> Image.Image:
         """This style's image of `scene` (what `synth.render(scene, size, style=self)` returns)."""
         return render_styled(scene, self, size, supersample, palette)
 
