@@ -1,16 +1,8 @@
 """Turn one model spec string into (model, preprocess, tokenizer): presets, open_clip zoo, hf-hub, local files.
 
-Spec grammar (the same string names a model in the CLI, notebooks and report folders; parsed and checked
-without torch by clipkit.core.modelspec, its one home, which load_model follows):
-
-    clipkit-tiny                  our preset, randomly initialised (seed 0): the chance-level control
-    clipkit-tiny:random           the same, spelled out
-    clipkit-tiny:synthetic        the embedded default: clipkit-tiny trained by `clipkit train` (cached)
-    ViT-B-32:openai               an open_clip architecture + pretrained tag (weights must be cached)
-    ViT-B-32:/path/weights.pt     an open_clip architecture + a local weights file (.safetensors/.pt/.bin)
-    hf-hub:org/name               an open_clip model on the Hugging Face hub (must be cached offline)
-    local-dir:/path/to/dir        a folder with open_clip_config.json + weights (open_clip's layout)
-    /path/to/run_or_checkpoint    a clipkit checkpoint folder (model.safetensors + clipkit.json)
+The spec grammar (one string names a model in the CLI, notebooks and report folders: presets and
+their tags, `ARCH:pretrained`, `ARCH:/path/weights`, `hf-hub:`, `local-dir:`, a run folder) has one
+home, clipkit.core.modelspec, which parses and checks it without torch; load_model follows it.
 
 Weights are never fetched silently on a machine without network: a missing file raises
 `ModelNotAvailable` within a few seconds, naming the spec and how to supply the weights.
