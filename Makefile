@@ -26,7 +26,7 @@ help:
 	@echo "                   (only those whose inputs changed; FORCE=1 runs all, JOBS=N notebooks at once)"
 	@echo "make test        - set up .venv, run the test suite"
 	@echo "make model       - set up .venv, train the default model if not cached ($(DEFAULT_CKPT))"
-	@echo "make experiments - set up .venv, run the three training experiments into reports/experiments/ (~25 min on 2 CPU cores)"
+	@echo "make experiments - set up .venv, run the training experiments into reports/experiments/ (15-25 min each on 2 CPU cores)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
