@@ -225,3 +225,13 @@ def test_the_pair_score_has_its_caption_only_control(nano):
     co = t.groupby("pair")["caption_only_credit"].prod()
     assert s["pair_caption_only_accuracy"] == pytest.approx(co.mean()) and s["pair_n"] == 6
     assert "its caption-only control" in words(r)
+
+
+def test_only_trained_clipkit_models_get_the_training_range_flag(tmp_path):
+    from clipkit.probes.controls import trained_on_synthetic_corpus, untrained_spec
+    assert trained_on_synthetic_corpus("clipkit-tiny:synthetic")
+    assert not trained_on_synthetic_corpus("clipkit-tiny") and not trained_on_synthetic_corpus("clipkit-tiny:random")
+    assert not trained_on_synthetic_corpus("ViT-B-32:openai") and not trained_on_synthetic_corpus(str(tmp_path))
+    (tmp_path / "clipkit.json").write_text("{}")
+    assert trained_on_synthetic_corpus(str(tmp_path))                       # a clipkit run folder
+    assert untrained_spec("clipkit-tiny:synthetic") == "clipkit-tiny:random" and untrained_spec("clipkit-tiny") is None

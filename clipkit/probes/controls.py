@@ -57,11 +57,11 @@ def versus_caption_only(credit, credit_co, clusters=None) -> dict:
 
 
 def trained_on_synthetic_corpus(model_name: str) -> bool:
-    """Was the model trained on clipkit's synthetic corpus? A `clipkit-*` preset other than `:random`
-    (untrained), or a clipkit run folder (it holds clipkit.json)."""
+    """Was the model trained on clipkit's synthetic corpus? A `clipkit-*` preset with a tag other than
+    `random` (a bare preset name is untrained too), or a clipkit run folder (it holds clipkit.json)."""
     name = str(model_name or "")
     if name.startswith("clipkit-"):
-        return not name.endswith(":random")
+        return name.partition(":")[2] not in ("", "random")
     try:
         return (Path(name).expanduser() / "clipkit.json").is_file()
     except OSError:
