@@ -9,7 +9,8 @@ import pytest
 from clipkit.world import synth
 from clipkit.probes import SpecError, load_spec
 from clipkit.analysis.robustness import effective_robustness_of as effective_robustness
-from clipkit.probes.shift_folders import FolderSet, run_folder_shift
+from clipkit.data.classification import FolderSet
+from clipkit.probes.shift_folders import run_folder_shift
 from clipkit.analysis.robustness import IN_DISTRIBUTION
 from clipkit.world.shifts import shifted_image
 from conftest import BlindImageModel

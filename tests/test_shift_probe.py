@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from clipkit.probes import SpecError, load_spec
 from clipkit.analysis.robustness import effective_robustness_of as effective_robustness

@@ -167,6 +167,7 @@ class ImageFolderClassification(ClassificationDataset):
         self.split, self.seed = split, int(seed)
         keep = stratified_split([label for _, label in folder.samples], split, self.seed)
         self.samples = [folder.samples[i] for i in keep]
+        self.folders = list(folder.classes)   # the class folder names, in label order (sorted)
         self.classes = [c.replace("_", " ") for c in folder.classes]
         self.transform, self.templates = transform, templates
         self.name = name or self.root.name
@@ -182,6 +183,29 @@ class ImageFolderClassification(ClassificationDataset):
     @property
     def fingerprint(self) -> str:
         return params_fingerprint(kind="imagefolder", classes=self.classes,
+                                  files=files_fingerprint([p for p, _ in self.samples], root=self.root))
+
+
+class FolderSet(ImageFolderClassification):
+    """An ImageFolder labelled by another set's classes: each image's label is the index of its class
+    folder in `id_folders` (an out-of-distribution set holding a subset of the ID classes, as
+    ImageNet-R holds 200 of 1000), optionally a uniform seeded subset of n kept in folder order."""
+
+    def __init__(self, root, id_folders: list[str], transform: Callable | None = None, name: str | None = None,
+                 n: int | None = None, seed: int = 0):
+        super().__init__(root, transform=transform, name=name)
+        self.id_folders = list(id_folders)
+        self.class_ids = np.array([self.id_folders.index(f) for f in self.folders])   # the ID classes scored here
+        samples = [(p, int(self.class_ids[y])) for p, y in self.samples]
+        if n is not None and n < len(samples):   # uniform without replacement, kept in folder order
+            keep = np.sort(np.random.default_rng(seed).choice(len(samples), n, replace=False))
+            samples = [samples[i] for i in keep]
+        self.samples = samples
+
+    @property
+    def fingerprint(self) -> str:
+        # the labels are ID class ids: the ID folder list is part of what the cached targets mean
+        return params_fingerprint(kind="folder-shift", id_folders=self.id_folders, n=len(self.samples),
                                   files=files_fingerprint([p for p, _ in self.samples], root=self.root))
 
 

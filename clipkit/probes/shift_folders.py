@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from functools import cache
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import yaml
 
-from clipkit.core.fingerprints import files_fingerprint, params_fingerprint
 from clipkit.probes.protocol import ProbeSpec, SpecError, load_spec, register
 from clipkit.probes.shift_results import ShiftResult, summarise
 
@@ -130,43 +127,6 @@ def check_folders(spec: ProbeSpec, source: str) -> ProbeSpec:
     return replace(spec, options=FolderShiftOptions(**d))
 
 
-@cache
-def _folder_set() -> type:
-    """The FolderSet class, built on first use: its base (data.classification's ImageFolderClassification)
-    is a torch Dataset, and reading a folder shift spec must not import torch."""
-    from clipkit.data.classification import ImageFolderClassification
-
-    class FolderSet(ImageFolderClassification):
-        """An ImageFolder whose labels are ID class ids (by folder name), optionally a seeded subset of n."""
-
-        def __init__(self, root, id_folders: list[str], transform: Callable | None = None, name: str | None = None,
-                     n: int | None = None, seed: int = 0):
-            super().__init__(root, transform=transform, name=name)
-            own = class_folders(self.root)   # torchvision's ImageFolder labels index this sorted list
-            self.id_folders = list(id_folders)
-            self.class_ids = np.array([self.id_folders.index(f) for f in own])   # the ID classes scored here
-            samples = [(p, int(self.class_ids[y])) for p, y in self.samples]
-            if n is not None and n < len(samples):   # uniform without replacement, kept in folder order
-                keep = np.sort(np.random.default_rng(seed).choice(len(samples), n, replace=False))
-                samples = [samples[i] for i in keep]
-            self.samples = samples
-
-        @property
-        def fingerprint(self) -> str:
-            # the labels are ID class ids: the ID folder list is part of what the cached targets mean
-            return params_fingerprint(kind="folder-shift", id_folders=self.id_folders, n=len(self.samples),
-                                      files=files_fingerprint([p for p, _ in self.samples], root=self.root))
-
-    return FolderSet
-
-
-def __getattr__(name: str):
-    # `from clipkit.probes.shift_folders import FolderSet` still works: the class is made when first asked for
-    if name == "FolderSet":
-        return _folder_set()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _restricted_argmax(scores: np.ndarray, columns: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     """ID class ids of the best-scoring allowed class per row; `columns[j]` is the class of score column j."""
     keep = np.isin(columns, allowed)
@@ -180,7 +140,7 @@ def run_folder_shift(spec, model, preprocess, tokenizer, model_name: str = "", c
     from threadpoolctl import threadpool_limits
     from clipkit.evaluate import extract_image_features, get_templates, zero_shot_classifier
     from clipkit.evaluate.linear_probe import fit_linear_probe
-    FolderSet = _folder_set()
+    from clipkit.data.classification import FolderSet   # a torch Dataset: not at import
     spec = spec if isinstance(spec, ProbeSpec) else load_spec(spec)
     o = spec.options
     id_folders = class_folders(o.id_test)
