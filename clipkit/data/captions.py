@@ -34,7 +34,8 @@ from torch.utils.data import Dataset
 from clipkit.core.fingerprints import files_fingerprint, params_fingerprint
 from clipkit.data.images import BadImageError, safe_open_image
 from clipkit.data.transforms import sample_seed, seeded
-from clipkit.world import styles, synth
+from clipkit.world import pairs, styles, synth
+from clipkit.world.seeds import scene_seed
 
 MAX_CONSECUTIVE_BAD = 16  # a CSV item tries this many rows before deciding the data is broken
 log = logging.getLogger("clipkit.evaluate")   # evaluation datasets log skipped images where they always did
@@ -60,26 +61,48 @@ class SynthCaptions(Dataset):
 
     With hard_negatives=h > 0 also neg_text (h, L): false captions that differ from the true one by
     one fact (the count, the relation, or the colour-shape binding), NegCLIP-style.
+
+    minimal_pairs=p: each even-odd pair of corpus positions (2k, 2k + 1) is, with probability p (a
+    keyed hash of seed and k, so still a pure function of the position), a scene and its twin
+    (clipkit.world.pairs: the same scene but for the one fact its caption states, drawn in the same
+    style). Batches start at even positions, so a pair always shares a batch. p=0 is the plain corpus.
     """
 
     def __init__(self, n: int, tokenizer, transform, seed: int = 0, start: int = 0, mix: dict | None = None,
-                 hard_negatives: int = 0, render_size: int | None = None, families=styles.TRAIN_FAMILIES):
+                 hard_negatives: int = 0, render_size: int | None = None, families=styles.TRAIN_FAMILIES,
+                 minimal_pairs: float = 0.0):
+        if not 0.0 <= minimal_pairs <= 1.0:
+            raise ValueError(f"minimal_pairs is a probability in [0, 1], got {minimal_pairs}")
         self.n, self.tokenizer, self.transform, self.families = n, tokenizer, transform, families
         self.seed, self.start, self.mix, self.h = seed, start, mix, hard_negatives
-        self.render_size = render_size or 72
+        self.render_size, self.pairs = render_size or 72, float(minimal_pairs)
 
     def __len__(self):
         return self.n
 
+    def _twin_of(self, i: int) -> int | None:
+        """The corpus position whose twin position `i` holds, or None when `i` holds a scene of its own."""
+        p = self.start + i
+        if not self.pairs or p % 2 == 0:
+            return None
+        u = np.random.default_rng([scene_seed("train:pairs", self.seed, p // 2), 31]).random()
+        return p - 1 if u < self.pairs else None
+
     def scene(self, i: int) -> synth.Scene:
-        return synth.corpus_item(self.start + i, seed=self.seed, mix=self.mix)
+        first = self._twin_of(i)
+        if first is None:
+            return synth.corpus_item(self.start + i, seed=self.seed, mix=self.mix)
+        return pairs.twin(synth.corpus_item(first, seed=self.seed, mix=self.mix),
+                          seed=scene_seed("train:twin", self.seed, first))
 
     def __getitem__(self, key):
         i, draw = _key(key)
         if not 0 <= i < self.n:
             raise IndexError(i)
         scene = self.scene(i)
-        style = styles.corpus_style(self.start + i, self.seed, self.families) if self.families else None
+        first = self._twin_of(i)
+        position = self.start + i if first is None else first       # a twin is drawn in its scene's style
+        style = styles.corpus_style(position, self.seed, self.families) if self.families else None
         img = synth.render(scene, size=self.render_size, style=style)
         frame = style.frame if style else 0      # a negative keeps the true caption's frame: one fact differs
         item = {"image": seeded(self.transform, img, sample_seed(self.seed, "crop", self.start + draw)),

@@ -65,7 +65,8 @@ def build_loader(cfg, tokenizer, image_size: int, context_length: int, rank: int
                           prefetch_factor=4 if cfg.workers else None, drop_last=True)
     if cfg.data == "synthetic":
         ds, rows = SynthCaptions(2 ** 62, tokenizer, transform, seed=cfg.seed, hard_negatives=h,
-                                 render_size=int(round(image_size * CROP_PAD))), None
+                                 render_size=int(round(image_size * CROP_PAD)),
+                                 minimal_pairs=cfg.minimal_pairs), None
     elif cfg.data == "csv":
         ds = CsvCaptions(cfg.data_path, tokenizer, transform, cfg.csv_img_key, cfg.csv_caption_key,
                          cfg.csv_separator, seed=cfg.seed, hard_negatives=h)

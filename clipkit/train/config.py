@@ -52,6 +52,10 @@ class TrainConfig:
     # --- data ---
     data: str = _f("synthetic", "synthetic (generated scenes) | csv (a CSV/TSV of image paths and captions) | "
                    "wds (webdataset tar shards) | noise (random inputs, for speed tests)")
+    minimal_pairs: float = _f(0.0, "synthetic data: the fraction of corpus positions given as a scene and its "
+                              "twin in one batch (clipkit.world.pairs: the same scene but for the count, the "
+                              "relation, the colour binding or the size its caption states); 0: random scenes "
+                              "only, as the paper's batches")
     data_path: str = _f("", "the CSV file (csv), or the shard spec '/data/{00000..00999}.tar' (wds)")
     csv_img_key: str = _f("filepath", "CSV column holding image paths (relative paths: from the CSV's folder)")
     csv_caption_key: str = _f("title", "CSV column holding captions")
@@ -111,6 +115,9 @@ class TrainConfig:
         checks = [
             (self.loss in loss_names(), f"loss must be one of {sorted(loss_names())}, got {self.loss!r}"
                                         f"{_did_you_mean(self.loss, loss_names())}"),
+            (0.0 <= self.minimal_pairs <= 1.0, f"minimal_pairs is a fraction in [0, 1], got {self.minimal_pairs}"),
+            (not (self.minimal_pairs and self.data != "synthetic"),
+             "minimal_pairs needs --data synthetic (only the generated world can draw a scene's twin)"),
             (self.hard_negatives >= 0, f"hard_negatives must be >= 0, got {self.hard_negatives}"),
             (not (self.hard_negatives and self.loss != "negclip"),
              "hard_negatives > 0 needs --loss negclip (the other losses would ignore them)"),
