@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from clipkit.evaluate.cache import FeatureCache
 from clipkit.evaluate.features import encode_texts
 from clipkit.evaluate.layers import NotAvailable, image_layer_features, text_layer_features
-from clipkit.evaluate.maps import available_methods, caption_maps, gradcam, patch_similarity
+from clipkit.evaluate.maps import available_methods, caption_maps, gradcam, patch_similarity, resnet_cam_stage
 from clipkit.models import create_model
 from clipkit.world import synth
 
@@ -23,8 +23,8 @@ def nano():
 
 @pytest.fixture(scope="module")
 def tiny():
-    model, _, preprocess = create_model("clipkit-tiny")   # random weights: shapes and parity only
-    return model.eval(), preprocess, open_clip.get_tokenizer("clipkit-tiny")
+    model, _, preprocess = create_model("clipkit-tiny-vit")   # random weights: shapes and parity only
+    return model.eval(), preprocess, open_clip.get_tokenizer("clipkit-tiny-vit")
 
 
 def _scenes(n, kind="binding", size=72):
@@ -174,7 +174,9 @@ def test_resnet_gets_stages_and_gradcam_but_no_patch_map(resnet):
     with pytest.raises(NotAvailable, match="patch"):
         caption_maps(model, preprocess, tokenizer, images, "a red circle", method="patch")
     cam = caption_maps(model, preprocess, tokenizer, images, "a red circle", method="gradcam")
-    assert cam.shape == (3, 2, 2) and (cam >= 0).all()
+    # 64 px: layer4's map is 2 x 2, under MIN_CAM_SIDE, so Grad-CAM reads layer3 (4 x 4)
+    assert resnet_cam_stage(model.visual)[0] == "layer3"
+    assert cam.shape == (3, 4, 4) and (cam >= 0).all() and cam.max() > 0
     np.testing.assert_allclose(caption_maps(model, preprocess, tokenizer, images, "a red circle", method="auto"), cam)
     avail = available_methods(model)
     assert avail["gradcam"] == "" and "ModifiedResNet" in avail["patch"] and "\n" not in avail["patch"]
@@ -244,3 +246,10 @@ def test_object_masks_agree_with_render():
     m = synth.object_masks(moved, size=50)[0]
     ys, xs = np.nonzero(m)
     assert abs(xs.mean() - 0.3 * 50 + 0.5) < 1 and abs(ys.mean() - 0.3 * 50 + 0.5) < 1
+
+
+def test_resnet_cam_stage_is_layer4_at_clip_sizes_and_the_deepest_3x3_on_small_inputs():
+    from open_clip.modified_resnet import ModifiedResNet
+    names = {s: resnet_cam_stage(ModifiedResNet([1, 1, 1, 1], 32, 2, image_size=s, width=8))[0]
+             for s in (224, 96, 64, 48, 32)}
+    assert names == {224: "layer4", 96: "layer4", 64: "layer3", 48: "layer3", 32: "layer2"}

@@ -157,3 +157,18 @@ def test_modelspec_knows_open_clips_architectures_without_importing_it(tmp_path)
     m = modelspec.check(str(run))
     assert (m.source, m.path) == ("run", run)
     assert models.check_spec is modelspec.check_spec and models.ModelSpecError is modelspec.ModelSpecError
+
+
+def test_a_checkpoint_saved_as_the_old_vit_clipkit_tiny_loads_as_clipkit_tiny_vit(tmp_path):
+    """clipkit-tiny was a ViT before the default became a ResNet: such a run folder still loads, as what it is."""
+    from open_clip.modified_resnet import ModifiedResNet
+    from open_clip.transformer import VisionTransformer
+
+    from clipkit.models import create_model, load_model, save_model
+    vit = create_model("clipkit-tiny-vit")[0]
+    save_model(vit, tmp_path / "old", arch="clipkit-tiny")            # what the old release wrote
+    model, _, _ = load_model(str(tmp_path / "old"))
+    assert isinstance(model.visual, VisionTransformer)
+    assert torch.equal(model.visual.class_embedding, vit.visual.class_embedding)
+    save_model(create_model("clipkit-tiny")[0], tmp_path / "new", arch="clipkit-tiny")
+    assert isinstance(load_model(str(tmp_path / "new"))[0].visual, ModifiedResNet)

@@ -152,6 +152,12 @@ def save_model(model: torch.nn.Module, out_dir: str | Path, arch: str, extra: di
     return out
 
 
+# architectures renamed since a checkpoint may have been saved: (name then, a key only its weights hold,
+# name now). clipkit-tiny was a ViT until the default became a CLIP ResNet (issue 14); that ViT is
+# clipkit-tiny-vit, and a checkpoint saved under the old name loads as what it is.
+RENAMED = (("clipkit-tiny", "visual.class_embedding", "clipkit-tiny-vit"),)
+
+
 def _load_clipkit_checkpoint(folder: Path):
     try:
         meta = json.loads((folder / CHECKPOINT_META).read_text())
@@ -159,6 +165,7 @@ def _load_clipkit_checkpoint(folder: Path):
     except (json.JSONDecodeError, KeyError) as e:
         raise ModelSpecError(f"{folder / CHECKPOINT_META} is not a clipkit checkpoint sidecar ({e})") from e
     sd = read_state_dict(folder / WEIGHTS_FILE)
+    arch = next((now for then, key, now in RENAMED if arch == then and key in sd), arch)
     model, _, preprocess = create_model(arch, **architecture_kwargs(sd))
     _load_state_dict(model, sd, folder / WEIGHTS_FILE, spec=str(folder))
     return model, preprocess, open_clip.get_tokenizer(arch)
