@@ -13,7 +13,8 @@ Two maps, both batched over images, both returned as (B, rows, cols) arrays on t
   with respect to a feature map A, averaged over positions to one weight per channel, weights the
   channels of A; a ReLU keeps what raises the score. Chosen over Chefer et al.'s (2021) attention
   relevance because it needs one forward hook and one backward pass, runs unchanged on a ResNet
-  (A = the last stage, layer4), and does not need attention probabilities, which open_clip's fused
+  (A = the last stage, layer4, or the deepest stage with a map of at least 3 x 3 on a small input:
+  `resnet_cam_stage`), and does not need attention probabilities, which open_clip's fused
   attention does not return (need_weights=False). On a ViT, A is the output of the last block's
   first LayerNorm (its attention's input): the last block's own *output* patch tokens never reach
   the class token, so their gradient is zero; pytorch-grad-cam picks the same layer for ViTs.
@@ -64,16 +65,32 @@ def patch_similarity(model, pixels: torch.Tensor, text_features: torch.Tensor) -
     return sim.reshape(len(pixels), rows, cols).cpu().numpy()
 
 
+MIN_CAM_SIDE = 3   # a Grad-CAM map coarser than 3 x 3 cannot say which of two objects was used
+
+
+def resnet_cam_stage(visual: ModifiedResNet) -> tuple[str, torch.nn.Module]:
+    """(name, module) of the ResNet stage Grad-CAM reads: the last stage (layer4, Selvaraju et al.'s last
+    convolutional layer) when its map is at least MIN_CAM_SIDE on a side, else the deepest earlier stage
+    that is. Stage k's map is image_size / 2^(k+1): layer4 is 7 x 7 at 224 px (unchanged for CLIP's
+    RN50), but 1 x 1 at clipkit-tiny's 48 px, where layer3 (3 x 3) is read instead."""
+    side = int(visual.image_size if isinstance(visual.image_size, int) else visual.image_size[0])
+    for k in (4, 3, 2, 1):
+        if side // 2 ** (k + 1) >= MIN_CAM_SIDE or k == 1:
+            return f"layer{k}", getattr(visual, f"layer{k}")
+    raise AssertionError("unreachable")
+
+
 def gradcam(model, pixels: torch.Tensor, text_features: torch.Tensor) -> np.ndarray:
     """(B, rows, cols) Grad-CAM of the image-caption cosine (see the module docstring for the layer).
 
-    ViT: rows x cols is the patch grid; ResNet: the last stage's feature map (input / 32)."""
+    ViT: rows x cols is the patch grid; ResNet: the feature map of `resnet_cam_stage` (layer4, input / 32,
+    unless that is under 3 x 3)."""
     visual = vision_tower(model)
     if pixels.ndim != 4:
         raise ValueError(f"pixels must be (B, 3, H, W), got shape {tuple(pixels.shape)}")
     device = model_device(model)
     resnet = isinstance(visual, ModifiedResNet)
-    target = visual.layer4 if resnet else visual.transformer.resblocks[-1].ln_1
+    target = resnet_cam_stage(visual)[1] if resnet else visual.transformer.resblocks[-1].ln_1
     x = pixels.to(device).float().requires_grad_(True)   # the graph exists even when the weights are frozen
     with torch.enable_grad(), torch.autocast(device.type, enabled=False), hooked({"A": target}) as store:
         img = F.normalize(model.encode_image(x).float(), dim=-1)              # (B, d)
