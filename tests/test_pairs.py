@@ -16,16 +16,25 @@ def _holds(scene) -> bool:
 
 
 @pytest.mark.parametrize("relation", synth.RELATIONS)
-def test_relation_twin_keeps_objects_and_states_another_true_relation(relation):
-    for seed in range(30):
+def test_relation_twin_states_another_true_relation_or_swaps_the_colours(relation):
+    kinds = set()
+    for seed in range(40):
         s = synth.make_relation_scene(seed, relation=relation)
         t = pairs.twin(s, seed)
-        assert t.facts["relation"] != relation
+        assert _holds(t), (seed, relation, t)
+        (ca, sa), (cb, sb) = s.facts["a"], s.facts["b"]
+        if t.facts["relation"] == relation:          # the colour swap: same layout, colours exchanged
+            kinds.add("swap")
+            assert ca != cb and (t.facts["a"], t.facts["b"]) == ((cb, sa), (ca, sb))
+            assert [(o.x, o.y, o.shape) for o in t.objects] == [(o.x, o.y, o.shape) for o in s.objects]
+            assert synth.caption(t) != synth.caption(s)
+            continue
+        kinds.add("relation")
         assert (t.facts["a"], t.facts["b"]) == (s.facts["a"], s.facts["b"])
         assert [(o.shape, o.colour, o.r) for o in t.objects] == [(o.shape, o.colour, o.r) for o in s.objects]
-        assert _holds(t), (seed, relation, t)
         lo, hi = synth.MARGIN - 1e-9, 1 - synth.MARGIN + 1e-9       # inside the margin (to rounding)
         assert all(lo <= o.x - o.r and o.x + o.r <= hi and lo <= o.y - o.r and o.y + o.r <= hi for o in t.objects)
+    assert kinds == {"swap", "relation"}
 
 
 def test_count_twin_is_one_more_or_one_fewer_of_the_same_object():
@@ -70,7 +79,7 @@ def test_corpus_pairs_share_a_batch_and_a_style_and_differ_in_one_fact():
         assert i % 2 == 1 and ds._twin_of(i) == i - 1
         a, b = ds.scene(i - 1), ds.scene(i)
         assert a.kind == b.kind and synth.caption(a) != synth.caption(b)
-        assert synth.caption(b) in synth.hard_negatives(a) or a.kind == "count"
+        assert synth.caption(b) in synth.hard_negatives(a) or a.kind in ("count", "relation")
     assert all(_ds(0.0)._twin_of(i) is None for i in range(100))
     # the even positions are the plain corpus: pairs only replace odd positions
     plain = _ds(0.0)

@@ -10,7 +10,9 @@ hard-negative captions, both sides get a real (image, caption) pair, so the imag
 text->image directions both learn it.
 
   count     the same shape and colour, one more or one fewer object (1..max_count), placed anew
-  relation  the same two objects, another of the four relations (the layout rotated or mirrored)
+  relation  half the time the same two objects in another of the four relations (the layout rotated
+            or mirrored); otherwise, when their colours differ, the same layout with the two colours
+            swapped ("a blue circle left of a red square"), so relation scenes teach binding too
   binding   the same shapes in the same places, the colours swapped between them
   single    the same object in the same place, another named size
 
@@ -40,7 +42,12 @@ def twin(scene: synth.Scene, seed: int, max_count: int = 6) -> synth.Scene:
         return synth.make_count_scene(int(rng.integers(2 ** 62)), n=m, shape=f["shape"], colour=f["colour"],
                                       size_mode=f.get("size_mode", "random"), max_count=max(max_count, m))
     if scene.kind == "relation":
-        return _relation_twin(scene, str(rng.choice([r for r in synth.RELATIONS if r != f["relation"]])))
+        other = str(rng.choice([r for r in synth.RELATIONS if r != f["relation"]]))
+        a, b = scene.objects
+        if a.colour != b.colour and rng.random() < 0.5:
+            a, b = replace(a, colour=b.colour), replace(b, colour=a.colour)
+            return replace(scene, objects=(a, b), facts={**f, "a": (a.colour, a.shape), "b": (b.colour, b.shape)})
+        return _relation_twin(scene, other)
     if scene.kind == "binding":
         a, b = scene.objects
         objs = (replace(a, colour=b.colour), replace(b, colour=a.colour))
