@@ -41,9 +41,15 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Train only when no finished model is cached; an interrupted run resumes from its last checkpoint.
+# Train only when no finished model of today's recipe is cached; an interrupted run resumes from its
+# last checkpoint. A cached model of an older recipe (another architecture or preset) is kept, renamed
+# with the date it was moved aside, and the current one is trained.
 model: $(STAMP)
-	@if [ -f "$(DEFAULT_CKPT)/model.safetensors" ]; then \
+	@if [ -f "$(DEFAULT_CKPT)/model.safetensors" ] && ! $(BIN)/python -m clipkit.train.recipe "$(DEFAULT_CKPT)"; then \
+	  old="$(DEFAULT_CKPT).before-$$(date +%Y%m%d-%H%M%S)"; mv "$(DEFAULT_CKPT)" "$$old"; \
+	  echo "[make] the cached default model was trained to an older recipe: kept as $$old; training today's"; \
+	fi; \
+	if [ -f "$(DEFAULT_CKPT)/model.safetensors" ]; then \
 	  echo "[make] default model cached at $(DEFAULT_CKPT)"; \
 	else \
 	  $(BIN)/clipkit train --preset tiny --out "$(DEFAULT_CKPT)" --resume auto $(TRAIN_ARGS); \

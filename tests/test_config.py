@@ -76,3 +76,19 @@ def test_loss_names_are_the_registered_losses():
     from clipkit.train.config import LOSS_NAMES
     from clipkit.train.losses import LOSSES
     assert tuple(LOSSES) == LOSS_NAMES
+
+
+def test_recipe_check_tells_a_current_run_from_an_older_one(tmp_path, capsys):
+    import json
+
+    from clipkit.train import recipe
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({**TrainConfig(**PRESETS["tiny"]).__dict__}))
+    assert recipe.differs(run) == "" and recipe.main([str(run)]) == 0
+    old = {**json.loads((run / "config.json").read_text())}
+    old.pop("minimal_pairs")                       # a run saved before minimal pairs existed
+    (run / "config.json").write_text(json.dumps(old))
+    assert "minimal_pairs is None" in recipe.differs(run) and recipe.main([str(run)]) == 1
+    assert "minimal_pairs" in capsys.readouterr().err
+    assert "not readable" in recipe.differs(tmp_path / "missing")
