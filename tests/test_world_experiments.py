@@ -104,6 +104,16 @@ def test_gaps_effective_robustness_and_the_conclusion():
     assert text.startswith("**Does variety make the unseen style in-distribution? yes**") and "better" in text
     worse = wx.diversity_conclusion(gaps.assign(within_tolerance=False), paired.assign(p_value=0.5))
     assert "? no**" in worse and "no detectable difference" in worse
+    # a chance-level in-distribution accuracy makes a small gap meaningless: not counted as in distribution
+    flat = _summary()
+    flat.loc[(flat["arm"] == "varied"), ["accuracy", "ci_low"]] = [[0.17, 0.12], [0.16, 0.11]]
+    chance_gaps = wx.style_gaps(flat)
+    assert not chance_gaps.set_index("arm").loc["varied", "id_above_chance"]
+    assert chance_gaps.set_index("arm").loc["varied", "within_tolerance"]          # the gap alone would say yes
+    blind = wx.diversity_conclusion(chance_gaps, paired)
+    seen = wx.diversity_conclusion(gaps.assign(family="light"), paired)     # a family the varied arm trained on
+    assert "? not testable**" in seen and "seen in varied's training, so not counted" in seen
+    assert "? not testable**" in blind and "not testable: varied's in-distribution accuracy 0.170" in blind
 
 
 def test_density_conclusion_counts_only_significant_drops():

@@ -119,16 +119,20 @@ def probe_styles(trained: pd.DataFrame, probes=STYLE_PROBES, families=(ID_FAMILY
 
 
 def style_gaps(summary: pd.DataFrame, id_family: str = ID_FAMILY, tolerance: float = TOLERANCE) -> pd.DataFrame:
-    """Per (arm, seed, probe, family): ID accuracy, the family's accuracy, the gap (ID - family) and
-    whether it is within `tolerance` (issue 14's criterion for "in distribution")."""
+    """Per (arm, seed, probe, family): ID accuracy, the family's accuracy, the gap (ID - family),
+    whether it is within `tolerance` (issue 14's criterion for "in distribution"), and whether the ID
+    accuracy is above chance at all (its CI's lower end over chance): a gap between two chance-level
+    accuracies is small but says nothing, so `diversity_conclusion` does not count it."""
     s = summary.assign(base=summary["probe"].str.split("@").str[0], family=summary["probe"].str.split("@").str[1])
-    idf = s[s["family"] == id_family].set_index(["arm", "seed", "base"])["accuracy"]
+    ids = s[s["family"] == id_family].set_index(["arm", "seed", "base"])
     out = s[s["family"] != id_family].copy()
-    out["id_accuracy"] = [idf.get((a, sd, b), np.nan) for a, sd, b in zip(out["arm"], out["seed"], out["base"])]
+    keys = list(zip(out["arm"], out["seed"], out["base"]))
+    out["id_accuracy"] = [ids["accuracy"].get(k, np.nan) for k in keys]
+    out["id_above_chance"] = [bool(ids["ci_low"].get(k, np.nan) > ids["chance"].get(k, np.nan)) for k in keys]
     out["gap"] = out["id_accuracy"] - out["accuracy"]
     out["within_tolerance"] = out["gap"] <= tolerance
-    return out[["arm", "seed", "base", "family", "id_accuracy", "accuracy", "ci_low", "ci_high", "gap",
-                "within_tolerance"]].rename(columns={"base": "probe"})
+    return out[["arm", "seed", "base", "family", "id_accuracy", "id_above_chance", "accuracy", "ci_low", "ci_high",
+                "gap", "within_tolerance"]].rename(columns={"base": "probe"})
 
 
 def effective_robustness(gaps: pd.DataFrame, reference) -> pd.DataFrame:
@@ -240,8 +244,17 @@ def diversity_conclusion(gaps: pd.DataFrame, paired: pd.DataFrame, varied: str =
     g = gaps[gaps["seed"] == gaps["seed"].min()]
     p = paired[(paired["seed"] == paired["seed"].min()) & (paired["arm"] == varied) & (paired["baseline"] == single)]
     tests = max(1, len(p))
-    lines, inside, total = [], 0, 0
+    lines, inside, total, untestable = [], 0, 0, 0
     for r in g[g["arm"] == varied].itertuples():
+        if r.family not in styles.HELD_OUT_FAMILIES:     # e.g. light: a training family of the varied arm
+            lines.append(f"- **{r.probe} on {r.family}** (seen in {varied}'s training, so not counted): "
+                         f"{r.accuracy:.3f} vs its ID {r.id_accuracy:.3f} (gap {r.gap:+.3f}).")
+            continue
+        if not getattr(r, "id_above_chance", True):
+            untestable += 1
+            lines.append(f"- **{r.probe} on {r.family}**: not testable: {varied}'s in-distribution accuracy "
+                         f"{r.id_accuracy:.3f} is not above chance, so a small gap means nothing.")
+            continue
         total += 1
         inside += bool(r.within_tolerance)
         t = p[p["probe"] == f"{r.probe}@{r.family}"]
@@ -253,9 +266,10 @@ def diversity_conclusion(gaps: pd.DataFrame, paired: pd.DataFrame, varied: str =
                   f"{('better' if t['diff'] > 0 else 'worse') if sig else 'no detectable difference'})")
         lines.append(f"- **{r.probe} on {r.family}**: {varied} {r.accuracy:.3f} vs its ID {r.id_accuracy:.3f} "
                      f"(gap {r.gap:+.3f}: {'within' if r.within_tolerance else 'outside'} {tolerance:.2f}){vs}.")
-    verdict = ("yes" if total and inside == total else "partly" if inside else "no")
+    verdict = ("not testable" if not total else "yes" if inside == total else "partly" if inside else "no")
     head = (f"**Does variety make the unseen style in-distribution? {verdict}**: the varied arm is within "
-            f"{tolerance:.2f} of its in-distribution accuracy on {inside} of {total} (probe, unseen family) pairs.")
+            f"{tolerance:.2f} of its in-distribution accuracy on {inside} of {total} (probe, unseen family) pairs"
+            + (f"; {untestable} more are not testable (in-distribution accuracy at chance)." if untestable else "."))
     return "\n".join([head] + lines)
 
 
