@@ -88,20 +88,22 @@ class SynthCaptions(Dataset):
         u = np.random.default_rng([scene_seed("train:pairs", self.seed, p // 2), 31]).random()
         return p - 1 if u < self.pairs else None
 
-    def scene(self, i: int) -> synth.Scene:
+    def _scene_at(self, i: int) -> tuple[synth.Scene, int]:
+        """(scene of item i, the corpus position whose style draws it: a twin's is its scene's)."""
         first = self._twin_of(i)
         if first is None:
-            return synth.corpus_item(self.start + i, seed=self.seed, mix=self.mix)
+            return synth.corpus_item(self.start + i, seed=self.seed, mix=self.mix), self.start + i
         return pairs.twin(synth.corpus_item(first, seed=self.seed, mix=self.mix),
-                          seed=scene_seed("train:twin", self.seed, first))
+                          seed=scene_seed("train:twin", self.seed, first)), first
+
+    def scene(self, i: int) -> synth.Scene:
+        return self._scene_at(i)[0]
 
     def __getitem__(self, key):
         i, draw = _key(key)
         if not 0 <= i < self.n:
             raise IndexError(i)
-        scene = self.scene(i)
-        first = self._twin_of(i)
-        position = self.start + i if first is None else first       # a twin is drawn in its scene's style
+        scene, position = self._scene_at(i)
         style = styles.corpus_style(position, self.seed, self.families) if self.families else None
         img = synth.render(scene, size=self.render_size, style=style)
         frame = style.frame if style else 0      # a negative keeps the true caption's frame: one fact differs
