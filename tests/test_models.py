@@ -172,3 +172,12 @@ def test_a_checkpoint_saved_as_the_old_vit_clipkit_tiny_loads_as_clipkit_tiny_vi
     assert torch.equal(model.visual.class_embedding, vit.visual.class_embedding)
     save_model(create_model("clipkit-tiny")[0], tmp_path / "new", arch="clipkit-tiny")
     assert isinstance(load_model(str(tmp_path / "new"))[0].visual, ModifiedResNet)
+
+
+def test_an_uncached_synthetic_model_says_how_to_train_it(tmp_path, monkeypatch):
+    from clipkit.core import modelspec
+    monkeypatch.setenv("CLIPKIT_HOME", str(tmp_path))
+    with pytest.raises(modelspec.ModelNotAvailable, match=r"`clipkit train --preset tiny --out .*` \(or `make model`\)"):
+        modelspec.check("clipkit-tiny:synthetic")
+    with pytest.raises(modelspec.ModelNotAvailable, match=r"`clipkit train --preset tiny --model clipkit-tiny-vit --out "):
+        modelspec.check("clipkit-tiny-vit:synthetic")

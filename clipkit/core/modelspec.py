@@ -148,9 +148,10 @@ def check(spec) -> ModelSpec:
         ckpt = default_checkpoint_dir(m.name)
         if m.tag == "synthetic" and not (ckpt / WEIGHTS_FILE).exists():
             raise ModelNotAvailable(
-                f"{m.spec!r}: the trained default model is not cached at {ckpt}. Train it with "
-                f"`clipkit train --preset {m.name.removeprefix('clipkit-')} --out {ckpt}` "
-                f"(or `make model`), a few minutes on a CPU.")
+                f"{m.spec!r}: the trained model is not cached at {ckpt}. Train it with " + (
+                    f"`clipkit train --preset tiny --out {ckpt}` (or `make model`)" if m.name == "clipkit-tiny" else
+                    f"`clipkit train --preset tiny --model {m.name} --out {ckpt}` (the default's recipe on "
+                    f"this architecture)") + ", minutes on a CPU.")
     elif m.tag:
         _check_pretrained_available(m)
     else:
