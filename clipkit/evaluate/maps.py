@@ -74,10 +74,8 @@ def resnet_cam_stage(visual: ModifiedResNet) -> tuple[str, torch.nn.Module]:
     that is. Stage k's map is image_size / 2^(k+1): layer4 is 7 x 7 at 224 px (unchanged for CLIP's
     RN50), but 1 x 1 at clipkit-tiny's 48 px, where layer3 (3 x 3) is read instead."""
     side = int(visual.image_size if isinstance(visual.image_size, int) else visual.image_size[0])
-    for k in (4, 3, 2, 1):
-        if side // 2 ** (k + 1) >= MIN_CAM_SIDE or k == 1:
-            return f"layer{k}", getattr(visual, f"layer{k}")
-    raise AssertionError("unreachable")
+    k = next((k for k in (4, 3, 2) if side // 2 ** (k + 1) >= MIN_CAM_SIDE), 1)
+    return f"layer{k}", getattr(visual, f"layer{k}")
 
 
 def gradcam(model, pixels: torch.Tensor, text_features: torch.Tensor) -> np.ndarray:

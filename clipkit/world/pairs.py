@@ -55,7 +55,7 @@ def twin(scene: synth.Scene, seed: int, max_count: int = 6) -> synth.Scene:
     if scene.kind == "single":
         size = str(rng.choice([s for s in synth.SIZES if s != f["size"]]))
         o = replace(scene.objects[0], r=synth.SIZES[size] * 1.3)
-        return replace(scene, objects=(synth._clip(o),), facts={"size": size})
+        return replace(scene, objects=(synth.clip_to_margin(o),), facts={"size": size})
     raise ValueError(f"no twin for scene kind {scene.kind!r}")
 
 
@@ -69,6 +69,6 @@ def _relation_twin(scene: synth.Scene, relation: str) -> synth.Scene:
     t = math.atan2(new[1], new[0]) - math.atan2(old[1], old[0])
     c, s = round(math.cos(t)), round(math.sin(t))          # quarter turns: exact
     ndx, ndy = c * dx - s * dy, s * dx + c * dy
-    a2 = synth._clip(replace(a, x=mx + ndx, y=my + ndy))
-    b2 = synth._clip(replace(b, x=mx - ndx, y=my - ndy))
+    a2 = synth.clip_to_margin(replace(a, x=mx + ndx, y=my + ndy))
+    b2 = synth.clip_to_margin(replace(b, x=mx - ndx, y=my - ndy))
     return replace(scene, objects=(a2, b2), facts={**scene.facts, "relation": relation})

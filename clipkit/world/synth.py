@@ -188,7 +188,7 @@ def make_relation_scene(seed: int, relation: str | None = None, shapes=BASIC_SHA
               "above": (cross, -main), "below": (cross, main)}[relation]
     a = Obj(str(sa), str(ca), float(cx + dx), float(cy + dy), r, float(rng.uniform(0, 360)))
     b = Obj(str(sb), str(cb), float(cx - dx), float(cy - dy), r, float(rng.uniform(0, 360)))
-    a, b = (_clip(o) for o in (a, b))
+    a, b = (clip_to_margin(o) for o in (a, b))
     return Scene("relation", (a, b), {"relation": relation, "a": (a.colour, a.shape),
                                       "b": (b.colour, b.shape)})
 
@@ -226,7 +226,8 @@ def make_scene(kind: str, seed: int, **factors) -> Scene:
     return MAKERS[kind](seed, **factors)
 
 
-def _clip(o: Obj) -> Obj:
+def clip_to_margin(o: Obj) -> Obj:
+    """The object moved (not resized) just far enough to lie inside the margin."""
     lo, hi = MARGIN + o.r, 1 - MARGIN - o.r
     return replace(o, x=min(max(o.x, lo), hi), y=min(max(o.y, lo), hi))
 
